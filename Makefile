@@ -1,0 +1,27 @@
+# Every target that runs the project installs it into .venv first (nothing else is assumed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Two workers: the suite is safe in parallel (own state dir per test, kernel-picked ports).
+PYTEST_ARGS ?= -n 2
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP) ## Reproduce "Address already in use" on this machine's kernel
+	$(BIN)/addrinuse demo
+
+test: $(STAMP) ## Run the test suite (real sockets, real processes)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean: ## Remove .venv and caches
+	rm -rf $(VENV) .pytest_cache build *.egg-info

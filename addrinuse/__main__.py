@@ -1,0 +1,3 @@
+from addrinuse.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""Real client connections for `addrinuse connect`.
+
+Each client sends one line; the server answers with its close policy (server.greeting). When the
+server closes first, the client waits for that FIN before closing, so the TIME_WAIT entries land on
+the server's port for certain rather than by a race."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+
+from addrinuse.errors import AddrinuseError, BadInput
+from addrinuse.sockets import resolve
+
+
+@dataclass
+class ConnectResult:
+    host: str
+    port: int
+    count: int
+    local_ports: list[int] = field(default_factory=list)
+    policy: str | None = None
+    server_closed_first: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def open_connections(host: str, port: int, count: int, timeout: float = 5.0) -> list[socket.socket]:
+    if count < 1:
+        raise BadInput(f"count {count} is not positive: use -n 1 or more")
+    family, address = resolve(host)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((address, port))
+            except ConnectionRefusedError as err:
+                raise AddrinuseError(
+                    f"nothing listens on {host}:{port} (ECONNREFUSED): start a server with 'addrinuse start'"
+                ) from err
+            except OSError as err:
+                raise AddrinuseError(f"connect to {host}:{port} failed: {err.strerror}") from err
+    except BaseException:
+        close_all(socks)
+        raise
+    return socks
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    buf = b""
+    while b"\n" not in buf:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _wait_eof(sock: socket.socket, deadline: float) -> bool:
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(4096):
+                return True
+        except (TimeoutError, ConnectionResetError):
+            return False
+
+
+def converse(host: str, port: int, count: int, timeout: float = 5.0) -> ConnectResult:
+    """Open COUNT connections, greet, and close each after the server's FIN when it closes first."""
+    socks = open_connections(host, port, count, timeout)
+    result = ConnectResult(host=host, port=port, count=count)
+    deadline = time.monotonic() + timeout
+    try:
+        for sock in socks:
+            result.local_ports.append(sock.getsockname()[1])
+            sock.sendall(b"hello\n")
+        for sock in socks:
+            try:
+                line = _read_line(sock, deadline).decode(errors="replace").strip()
+            except (TimeoutError, ConnectionResetError):
+                line = ""
+            if line.startswith("addrinuse close="):
+                result.policy = line.split("=", 1)[1]
+            if result.policy == "server-first" and _wait_eof(sock, deadline):
+                result.server_closed_first += 1
+    finally:
+        close_all(socks)
+    return result

@@ -1,0 +1,100 @@
+"""The TCP connection table behind one small interface.
+
+A backend has `name`, `has_timers` and `snapshot(port=None, states=None) -> list[Entry]`, and
+`close()`. `port` matches the local or the remote port, like ss's `( sport = :P or dport = :P )`,
+so one query shows both the server's side and its clients' side of a port."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from typing import Iterable, Protocol
+
+# Linux include/net/tcp_states.h order (TCP_ESTABLISHED = 1 ... TCP_NEW_SYN_RECV = 12); the
+# names are the ones ss and psutil print. NEW_SYN_RECV is a request socket and shows as SYN_RECV.
+KERNEL_STATES = (
+    None, "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+    "CLOSED", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "SYN_RECV",
+)
+STATES = (
+    "LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2",
+    "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT", "CLOSED",
+)
+BACKENDS = ("auto", "psutil")
+
+
+@dataclass(frozen=True)
+class Entry:
+    family: int  # 4 or 6
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    state: str
+    pid: int | None = None
+    process: str | None = None
+    inode: int | None = None
+    uid: int | None = None
+    timer: str | None = None  # the kernel's timer kind, e.g. "timewait", "keepalive"
+    expires_s: float | None = None  # time left on that timer
+
+    @property
+    def key(self) -> tuple:
+        return (self.family, self.laddr, self.lport, self.raddr, self.rport)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    name: str
+    has_timers: bool
+
+    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None) -> list[Entry]: ...
+
+    def close(self) -> None: ...
+
+
+def normalize_states(states: Iterable[str] | None) -> frozenset[str] | None:
+    """Accept ss and psutil spellings (time-wait, TIME_WAIT, syn-recv); raise ValueError otherwise."""
+    if not states:
+        return None
+    out = set()
+    for state in states:
+        name = state.strip().upper().replace("-", "_")
+        name = {"CLOSE": "CLOSED", "SYN_RECEIVED": "SYN_RECV", "FIN_WAIT_1": "FIN_WAIT1", "FIN_WAIT_2": "FIN_WAIT2"}.get(name, name)
+        if name not in STATES:
+            raise ValueError(state)
+        out.add(name)
+    return frozenset(out)
+
+
+def matches(entry: Entry, port: int | None, states: frozenset[str] | None) -> bool:
+    if port is not None and port not in (entry.lport, entry.rport):
+        return False
+    return states is None or entry.state in states
+
+
+def get_backend(name: str = "auto") -> Backend:
+    from addrinuse.errors import BadInput
+
+    if name not in BACKENDS:
+        raise BadInput(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    from addrinuse.conntable.psutil import PsutilBackend
+
+    return PsutilBackend()
+
+
+def sort_key(entry: Entry):
+    return (entry.lport, entry.laddr, entry.rport, entry.raddr, entry.state)
+
+
+def snapshot(port: int | None = None, states: Iterable[str] | None = None, backend: str = "auto") -> list[Entry]:
+    source = get_backend(backend)
+    try:
+        return source.snapshot(port, states)
+    finally:
+        source.close()
+
+
+IS_LINUX = sys.platform.startswith("linux")

@@ -1,0 +1,131 @@
+"""The canonical reproduction (`addrinuse demo`): every sentence is built from what happened."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from addrinuse.client import converse
+from addrinuse.conntable import snapshot
+from addrinuse.control import start_server, stop_servers
+from addrinuse.registry import Registry
+from addrinuse.server import ServerConfig
+from addrinuse.sockets import ProbeResult, SocketOptions, probe
+
+# net/tcp.h: #define TCP_TIMEWAIT_LEN (60*HZ), fixed at build time (no sysctl changes it).
+TCP_TIMEWAIT_LEN_S = 60.0
+
+
+@dataclass
+class DemoStep:
+    title: str
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DemoResult:
+    host: str
+    port: int = 0
+    clients: int = 0
+    time_wait: int = 0
+    plain: ProbeResult | None = None
+    reuseaddr: ProbeResult | None = None
+    control_plain: ProbeResult | None = None
+    control_reuseaddr: ProbeResult | None = None
+    free_at: float | None = None
+    free_in_s: float | None = None
+
+    @property
+    def reproduced(self) -> bool:
+        return self.time_wait > 0 and self.plain is not None and self.plain.error == "EADDRINUSE"
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if not isinstance(v, ProbeResult)}
+        for k in ("plain", "reuseaddr", "control_plain", "control_reuseaddr"):
+            value = getattr(self, k)
+            out[k] = value.to_dict() if value else None
+        out["reproduced"] = self.reproduced
+        return out
+
+
+def describe(result: ProbeResult) -> str:
+    if result.ok:
+        return "bind() and listen() succeeded"
+    return f"{result.syscall}() failed: {result.error} ({result.errno})"
+
+
+def wait_time_wait(port: int, want: int, timeout: float = 2.0):
+    """Poll until `want` TIME_WAIT entries hold the port's local side (or the deadline passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = [e for e in snapshot(port, ["TIME_WAIT"]) if e.lport == port]
+        if len(entries) >= want or time.monotonic() >= deadline:
+            return entries
+        time.sleep(0.01)
+
+
+def _close_cycle(registry: Registry, host: str, clients: int, reuseaddr: bool, tag: str):
+    config = ServerConfig(host=host, port=0, close="server-first", reuseaddr=reuseaddr)
+    record = start_server(registry, config, name=f"demo-{tag}-{uuid.uuid4().hex[:6]}")
+    try:
+        talk = converse(host, record.port, clients)
+    finally:
+        report = stop_servers(registry, name=record.name)
+    return record, talk, report
+
+
+def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show=lambda step: None) -> DemoResult:
+    result = DemoResult(host=host)
+    record, talk, report = _close_cycle(registry, host, clients, reuseaddr=False, tag="a")
+    result.port, result.clients = record.port, talk.count
+    outcome = report.stopped[0]
+    show(DemoStep("1. start a server without SO_REUSEADDR on a free port", [
+        f"server {record.name} pid {record.pid} listening on {host}:{record.port} (SO_REUSEADDR off, close=server-first)"]))
+    show(DemoStep(f"2. connect {talk.count} clients", [
+        f"{talk.count} connections from ports {', '.join(map(str, talk.local_ports))}",
+        f"the server closed {talk.server_closed_first} of {talk.count} first (it sent the first FIN)"]))
+    show(DemoStep("3. kill the server", [
+        f"SIGTERM to pid {record.pid}: {'exited' if outcome.exited else 'STILL RUNNING'} after {outcome.waited_s * 1000:.0f} ms"]))
+
+    entries = wait_time_wait(record.port, talk.server_closed_first)
+    seen_at = time.time()
+    result.time_wait = len(entries)
+    lines = [f"{len(entries)} TIME_WAIT entries hold local port {record.port}:"]
+    lines += [f"  {e.laddr}:{e.lport} -> {e.raddr}:{e.rport}  {e.state}  pid {e.pid or '-'}" for e in entries]
+    show(DemoStep(f"4. the connection table for port {record.port}", lines))
+
+    result.plain = probe(host, record.port, SocketOptions())
+    result.reuseaddr = probe(host, record.port, SocketOptions(reuseaddr=True))
+    show(DemoStep("5. restart: bind and listen again", [
+        f"without SO_REUSEADDR: {describe(result.plain)}",
+        f"with SO_REUSEADDR:    {describe(result.reuseaddr)}"]))
+
+    control, control_talk, _ = _close_cycle(registry, host, clients, reuseaddr=True, tag="b")
+    wait_time_wait(control.port, control_talk.server_closed_first)
+    result.control_plain = probe(host, control.port, SocketOptions())
+    result.control_reuseaddr = probe(host, control.port, SocketOptions(reuseaddr=True))
+    show(DemoStep("6. why: the same cycle with an old server that DID set SO_REUSEADDR", [
+        f"port {control.port}, {control_talk.server_closed_first} server-side closes, then killed",
+        f"without SO_REUSEADDR: {describe(result.control_plain)}",
+        f"with SO_REUSEADDR:    {describe(result.control_reuseaddr)}",
+        *_rule(result)]))
+
+    result.free_at = seen_at + TCP_TIMEWAIT_LEN_S if entries else time.time()
+    result.free_in_s = max(0.0, result.free_at - time.time())
+    when = time.strftime("%H:%M:%S", time.localtime(result.free_at))
+    show(DemoStep("7. when will the port be free?", [
+        f"TIME_WAIT lasts 60 s on Linux (TCP_TIMEWAIT_LEN); these entries were seen at "
+        f"{time.strftime('%H:%M:%S', time.localtime(seen_at))}, so port {record.port} frees by about {when} "
+        f"(in {result.free_in_s:.0f} s) for a server without SO_REUSEADDR"]))
+    return result
+
+
+def _rule(result: DemoResult) -> list[str]:
+    alone, both = result.reuseaddr, result.control_reuseaddr
+    if alone and both and not alone.ok and both.ok:
+        return ["rule on this kernel: SO_REUSEADDR passes TIME_WAIT entries only when BOTH the old server and",
+                "the new one set it; the entries inherit the old listener's setting (inet_bind_conflict)."]
+    if alone and alone.ok:
+        return ["rule on this kernel: SO_REUSEADDR on the new socket alone gets past TIME_WAIT entries."]
+    return ["this kernel refused SO_REUSEADDR in both cases: see 'addrinuse table' for what else holds the port."]
