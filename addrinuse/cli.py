@@ -49,6 +49,10 @@ class AddrinuseGroup(click.Group):
             _fail(err.format_message(), err.exit_code)
         except (click.Abort, KeyboardInterrupt):
             _fail("interrupted; everything this command started was stopped", EXIT_INTERRUPTED)
+        except OSError as err:
+            # Last resort for an OS error no layer translated: still one line, never a traceback.
+            where = f": {err.filename}" if err.filename else ""
+            _fail(f"{err.strerror or err}{where}", EXIT_FAILED)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
@@ -401,18 +405,21 @@ def watch(port, states, interval, duration, until_empty, as_json):
 
     source = get_backend("auto")
     what = f"port {port}" if port else "all ports"
-    click.echo(f"Watching TCP entries on {what} (states: {', '.join(states) or 'all'}) every {interval:g} s "
-               f"with {source.name}. Ctrl-C to end.", err=as_json)
     tracker = Tracker()
     began = time.monotonic()
     try:
+        # The start line follows the first snapshot: from then on, every change is seen.
+        entries = source.snapshot(port, states or None)
+        click.echo(f"Watching TCP entries on {what} (states: {', '.join(states) or 'all'}) every {interval:g} s "
+                   f"with {source.name}. Ctrl-C to end.", err=as_json)
         while True:
             now = time.monotonic() - began
-            for ev in tracker.update(source.snapshot(port, states or None), now):
+            for ev in tracker.update(entries, now):
                 click.echo(_json.dumps(ev.to_dict()) if as_json else render_event(ev.to_dict()))
             if (until_empty and tracker.live == 0) or (duration and now >= duration):
                 break
             time.sleep(interval)
+            entries = source.snapshot(port, states or None)
     except KeyboardInterrupt:
         pass
     finally:

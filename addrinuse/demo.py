@@ -116,8 +116,8 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
     when = time.strftime("%H:%M:%S", time.localtime(result.free_at))
     show(DemoStep("7. when will the port be free?", [
         f"TIME_WAIT lasts 60 s on Linux (TCP_TIMEWAIT_LEN); these entries were seen at "
-        f"{time.strftime('%H:%M:%S', time.localtime(seen_at))}, so port {record.port} frees by about {when} "
-        f"(in {result.free_in_s:.0f} s) for a server without SO_REUSEADDR"]))
+        f"{time.strftime('%H:%M:%S', time.localtime(seen_at))},",
+        f"so port {record.port} frees by about {when} (in {result.free_in_s:.0f} s) for a server without SO_REUSEADDR"]))
     return result
 
 

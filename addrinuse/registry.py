@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from addrinuse.errors import BadInput
+
 ENV_VAR = "ADDRINUSE_STATE_DIR"
 # Process create times come from /proc/PID/stat starttime in clock ticks (1/100 s), so two
 # readings of the same process can differ by rounding only.
@@ -62,7 +64,13 @@ class Registry:
         self.dir = Path(state_dir) if state_dir else default_state_dir()
 
     def ensure(self) -> Path:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not os.access(self.dir, os.W_OK | os.X_OK):
+                raise PermissionError(13, "not writable", str(self.dir))
+        except OSError as err:
+            raise BadInput(f"state dir {self.dir} is unusable ({err.strerror}): "
+                           f"pass --state-dir or set {ENV_VAR} to a writable directory") from err
         return self.dir
 
     def path(self, name: str) -> Path:

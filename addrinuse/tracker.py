@@ -31,6 +31,8 @@ class Event:
             out["previous"] = self.previous
         if e.expires_s is not None:
             out["expires_s"] = round(e.expires_s, 3)
+        if self.event == "appeared":
+            out["present_at_start"] = self.present_at_start
         if self.event == "vanished":
             out["lifetime_s"] = round(self.lifetime_s, 3)
             out["lifetime_max_s"] = round(self.lifetime_max_s, 3)

@@ -200,6 +200,10 @@ def test_table_agrees_with_ss(run):
     wait_local(rec["port"], "CLOSE_WAIT", 3)
     run("connect", "--port", rec["port"], "-n", 2, "--json")
     wait_local(rec["port"], "CLOSE_WAIT", 5)
+    # The server's ACK of each client FIN may be a delayed ACK (tens of ms): until it lands, the client
+    # is in FIN_WAIT1. Compare a settled table, or the two tools see two different instants.
+    wait_for(lambda: len([e for e in snapshot(rec["port"], ["FIN_WAIT2"]) if e.rport == rec["port"]]) == 5,
+             what="5 client sides in FIN_WAIT2")
     mine = {(e["lport"], e["rport"], e["state"]) for e in run("table", "--port", rec["port"], "--json").json()["entries"]}
     assert mine == ss_rows(rec["port"])
     assert len(mine) == 1 + 5 + 5  # listener, 5 CLOSE_WAIT server sides, 5 FIN_WAIT2 client sides
