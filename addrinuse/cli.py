@@ -120,6 +120,9 @@ def report_problems(problems) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 host_option = click.option("--host", default="127.0.0.1", show_default=True, help="Address to use.")
+backend_option = click.option("--backend", type=click.Choice(["auto", "netlink", "psutil"]), default="auto",
+                              show_default=True,
+                              help="Connection-table source: netlink (Linux sock_diag, kernel timers) or psutil.")
 public_option = click.option("--allow-public", is_flag=True,
                              help="Allow a non-loopback host (traffic then leaves loopback).")
 
@@ -210,13 +213,16 @@ def connect(host, port, count, hold, allow_public, as_json):
     require_loopback(host, allow_public)
     if hold:
         socks = open_connections(host, port, count)
-        try:
-            ports = [s.getsockname()[1] for s in socks]
+        ports = [s.getsockname()[1] for s in socks]
+
+        def announce():
             if as_json:
                 emit({"host": host, "port": port, "count": count, "local_ports": ports, "holding": True})
             click.echo(f"holding {count} connections to {host}:{port} from ports {_ports(ports)}. Ctrl-C to end.",
                        err=as_json)
-            _wait_for_interrupt()
+
+        try:
+            _hold_until_interrupt(announce)
         finally:
             close_all(socks)
         click.echo(f"closed {count} connections (the client closed first)", err=as_json)
@@ -238,10 +244,12 @@ def _ports(ports: list[int]) -> str:
     return ", ".join(map(str, ports[:10])) + (f" (+{len(ports) - 10} more)" if len(ports) > 10 else "")
 
 
-def _wait_for_interrupt() -> None:
-    """Block until SIGINT/SIGTERM; both end the wait the same way."""
+def _hold_until_interrupt(announce) -> None:
+    """Announce, then block until SIGINT/SIGTERM; both end the wait the same way. The announcement
+    happens inside the guarded region: a Ctrl-C that follows it at once still ends cleanly."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        announce()
         while True:
             signal.pause()
     except KeyboardInterrupt:
@@ -321,14 +329,15 @@ def servers(ctx, as_json):
 @click.option("--port", type=PortType(allow_zero=False), required=True, help="Port to bind as a new server would.")
 @click.option("--reuseaddr/--no-reuseaddr", default=False, show_default=True, help="Set SO_REUSEADDR first.")
 @click.option("--reuseport", is_flag=True, help="Set SO_REUSEPORT first.")
-@click.option("--wait", is_flag=True, help="Retry until the address can be bound.")
+@click.option("--wait", is_flag=True, help="Retry until the address can be bound; show an ETA from the kernel's timers.")
 @click.option("--timeout", default=90.0, show_default=True, type=float, callback=positive("seconds"),
               help="With --wait: give up after this long (exit 4).")
 @click.option("--interval", default=0.1, show_default=True, type=float, callback=positive("seconds"),
               help="With --wait: time between attempts.")
+@backend_option
 @json_option
 @click.pass_context
-def rebind(ctx, host, port, reuseaddr, reuseport, wait, timeout, interval, as_json):
+def rebind(ctx, host, port, reuseaddr, reuseport, wait, timeout, interval, backend, as_json):
     """Bind AND listen as a new server would, then release at once.
 
     Exit 0 bound, 3 address in use, 4 timed out waiting.
@@ -338,28 +347,77 @@ def rebind(ctx, host, port, reuseaddr, reuseport, wait, timeout, interval, as_js
       addrinuse rebind --port 8080 --reuseaddr --wait --timeout 70
     """
     from addrinuse.render import probe as render_probe
-    from addrinuse.sockets import SocketOptions, resolve, wait_until_bindable
+    from addrinuse.sockets import SocketOptions, probe, resolve, wait_until_bindable
 
     resolve(host)
-    result, waited = wait_until_bindable(host, port, SocketOptions(reuseaddr, reuseport),
-                                         timeout if wait else 0.0, interval)
+    opts = SocketOptions(reuseaddr, reuseport)
+    result, waited, eta = probe(host, port, opts), 0.0, None
+    if wait and not result.ok:
+        eta, on_attempt = _eta_display(port, backend, as_json)
+        try:
+            result, waited = wait_until_bindable(host, port, opts, timeout, interval, on_attempt)
+        finally:
+            on_attempt.close()
     if as_json:
-        emit({**result.to_dict(), "waited_s": round(waited, 3)})
+        emit({**result.to_dict(), "waited_s": round(waited, 3), "eta_s": None if eta is None else round(eta, 3)})
     else:
         click.echo(render_probe(result))
-        if wait and result.ok:
-            click.echo(f"free after waiting {waited:.2f} s")
-        elif wait:
+        if wait and result.ok and waited:
+            click.echo(f"free after waiting {waited:.2f} s" + (f" (the kernel's timers said {eta:.1f} s)" if eta else ""))
+        elif wait and not result.ok:
             click.echo(f"still in use after {waited:.1f} s (timeout)")
     if not result.ok:
         ctx.exit(EXIT_TIMEOUT if wait else EXIT_IN_USE if result.error == "EADDRINUSE" else EXIT_FAILED)
 
 
+class _Countdown:
+    """The ETA of a --wait: one line up front, and on a TTY a countdown rewritten in place."""
+
+    def __init__(self, source, port: int, tty: bool):
+        self.source, self.port, self.tty, self.shown = source, port, tty, 0.0
+
+    def eta(self) -> float | None:
+        from addrinuse.conntable import last_expiry
+
+        blockers = self.source.snapshot(self.port, ["TIME_WAIT", "FIN_WAIT2"], local=True) if self.source else []
+        return last_expiry(blockers) if blockers and self.source.has_timers else None
+
+    def __call__(self, result, waited: float) -> None:
+        if not self.tty or result.ok or waited - self.shown < 0.25:
+            return
+        self.shown = waited
+        left = self.eta()
+        text = f"free in {left:.1f} s (kernel timer)" if left is not None else "no timer: waiting"
+        click.echo(f"\r  waiting {waited:5.1f} s; {text}   ", nl=False, err=True)
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            click.echo(err=True)
+        if self.source:
+            self.source.close()
+
+
+def _eta_display(port: int, backend: str, as_json: bool):
+    from addrinuse.conntable import get_backend
+
+    countdown = _Countdown(get_backend(backend), port, sys.stderr.isatty() and not as_json)
+    eta = countdown.eta()
+    if not as_json:
+        if eta is not None:
+            click.echo(f"waiting for port {port}: its TIME_WAIT entries expire in {eta:.1f} s by the kernel's timers "
+                       f"(the timer wheel may add up to ~2 s)", err=True)
+        else:
+            click.echo(f"waiting for port {port}: no kernel timer to go by (backend {countdown.source.name} or "
+                       f"no TIME_WAIT entry)", err=True)
+    return eta, countdown
+
+
 @cli.command("table")
 @click.option("--port", type=PortType(allow_zero=False), help="Only entries with this local or remote port.")
 @click.option("--state", "states", type=StateType(), multiple=True, help="Only these states (repeatable).")
+@backend_option
 @json_option
-def table_cmd(port, states, as_json):
+def table_cmd(port, states, backend, as_json):
     """One snapshot of the TCP connection table, filtered.
 
     \b
@@ -369,17 +427,37 @@ def table_cmd(port, states, as_json):
     from addrinuse.conntable import get_backend
     from addrinuse.render import table
 
-    source = get_backend("auto")
+    source = get_backend(backend)
     try:
         entries = source.snapshot(port, states or None)
     finally:
         source.close()
+    frees = _frees(entries, port, source.has_timers)
     if as_json:
         emit({"port": port, "states": list(states) or None, "backend": source.name, "count": len(entries),
-              "entries": [e.to_dict() for e in entries]})
+              "entries": [e.to_dict() for e in entries], **frees})
         return
     click.echo(table(entries, timers=source.has_timers))
-    click.echo(f"{len(entries)} entries" + (f" on port {port}" if port else ""))
+    click.echo(f"{len(entries)} entries" + (f" on port {port}" if port else "") + f" ({source.name})")
+    if frees.get("time_wait"):
+        if frees["frees_in_s"] is None:
+            click.echo(f"{frees['time_wait']} TIME_WAIT entries hold local port {port}; time left unknown with "
+                       f"{source.name} (try --backend netlink)")
+        else:
+            click.echo(f"{frees['time_wait']} TIME_WAIT entries hold local port {port}: it frees in "
+                       f"{frees['frees_in_s']:.1f} s, at {frees['frees_at']} (the timer wheel may add ~2 s)")
+
+
+def _frees(entries, port, has_timers) -> dict:
+    """When a port's local TIME_WAIT entries let it go, by the kernel's timers."""
+    from addrinuse.conntable import last_expiry
+
+    if port is None:
+        return {}
+    held = [e for e in entries if e.lport == port and e.state == "TIME_WAIT"]
+    left = last_expiry(held) if held and has_timers else None
+    at = None if left is None else time.strftime("%H:%M:%S", time.localtime(time.time() + left))
+    return {"time_wait": len(held), "frees_in_s": None if left is None else round(left, 3), "frees_at": at}
 
 
 @cli.command()
@@ -389,8 +467,9 @@ def table_cmd(port, states, as_json):
               help="Seconds between polls.")
 @click.option("--duration", type=float, callback=positive("seconds"), help="Stop after this many seconds.")
 @click.option("--until-empty", is_flag=True, help="Stop once no matching entry is left.")
+@backend_option
 @json_option
-def watch(port, states, interval, duration, until_empty, as_json):
+def watch(port, states, interval, duration, until_empty, backend, as_json):
     """Poll the table and print entries as they appear, change state and vanish.
 
     Ends with a summary: entries per state and min/median/max lifetime. Ctrl-C ends it (exit 0).
@@ -403,7 +482,7 @@ def watch(port, states, interval, duration, until_empty, as_json):
     from addrinuse.render import event as render_event, summary as render_summary
     from addrinuse.tracker import Tracker
 
-    source = get_backend("auto")
+    source = get_backend(backend)
     what = f"port {port}" if port else "all ports"
     tracker = Tracker()
     began = time.monotonic()

@@ -7,14 +7,11 @@ import uuid
 from dataclasses import dataclass, field
 
 from addrinuse.client import converse
-from addrinuse.conntable import snapshot
+from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, TIMER_WHEEL_SLACK_S, last_expiry, snapshot
 from addrinuse.control import start_server, stop_servers
 from addrinuse.registry import Registry
 from addrinuse.server import ServerConfig
 from addrinuse.sockets import ProbeResult, SocketOptions, probe
-
-# net/tcp.h: #define TCP_TIMEWAIT_LEN (60*HZ), fixed at build time (no sysctl changes it).
-TCP_TIMEWAIT_LEN_S = 60.0
 
 
 @dataclass
@@ -59,7 +56,7 @@ def wait_time_wait(port: int, want: int, timeout: float = 2.0):
     """Poll until `want` TIME_WAIT entries hold the port's local side (or the deadline passes)."""
     deadline = time.monotonic() + timeout
     while True:
-        entries = [e for e in snapshot(port, ["TIME_WAIT"]) if e.lport == port]
+        entries = snapshot(port, ["TIME_WAIT"], local=True)
         if len(entries) >= want or time.monotonic() >= deadline:
             return entries
         time.sleep(0.01)
@@ -92,7 +89,8 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
     seen_at = time.time()
     result.time_wait = len(entries)
     lines = [f"{len(entries)} TIME_WAIT entries hold local port {record.port}:"]
-    lines += [f"  {e.laddr}:{e.lport} -> {e.raddr}:{e.rport}  {e.state}  pid {e.pid or '-'}" for e in entries]
+    lines += [f"  {e.laddr}:{e.lport} -> {e.raddr}:{e.rport}  {e.state}  pid {e.pid or '-'}"
+              + ("" if e.expires_s is None else f"  {e.expires_s:.1f} s left") for e in entries]
     show(DemoStep(f"4. the connection table for port {record.port}", lines))
 
     result.plain = probe(host, record.port, SocketOptions())
@@ -111,13 +109,19 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
         f"with SO_REUSEADDR:    {describe(result.control_reuseaddr)}",
         *_rule(result)]))
 
-    result.free_at = seen_at + TCP_TIMEWAIT_LEN_S if entries else time.time()
-    result.free_in_s = max(0.0, result.free_at - time.time())
+    left = last_expiry(entries) if entries else 0.0
+    if left is not None:  # the timers were read at seen_at; the steps since took some of it
+        left, source = max(0.0, left - (time.time() - seen_at)), "by the kernel's TIME_WAIT timers (sock_diag)"
+    else:  # psutil has no timers: count from the moment the entries were seen
+        left, source = max(0.0, seen_at + TCP_TIMEWAIT_LEN_S - time.time()), "counting 60 s from when they were seen"
+    result.free_in_s = left
+    result.free_at = time.time() + left
     when = time.strftime("%H:%M:%S", time.localtime(result.free_at))
     show(DemoStep("7. when will the port be free?", [
-        f"TIME_WAIT lasts 60 s on Linux (TCP_TIMEWAIT_LEN); these entries were seen at "
-        f"{time.strftime('%H:%M:%S', time.localtime(seen_at))},",
-        f"so port {record.port} frees by about {when} (in {result.free_in_s:.0f} s) for a server without SO_REUSEADDR"]))
+        f"in {left:.1f} s, at {when}, {source};",
+        f"TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s, and the kernel's timer wheel may add up to "
+        f"{TIMER_WHEEL_SLACK_S:.1f} s", "(`addrinuse rebind --port "
+        f"{record.port} --wait` blocks until then)"]))
     return result
 
 

@@ -46,6 +46,10 @@ def event(ev: dict) -> str:
         state = f"{ev['state']} after {prefix}{ev['lifetime_s']:.2f} s{bound}"
     else:
         state = ev["state"]
+    if ev.get("expires_s") is not None and what != "vanished":
+        state += f", {ev['expires_s']:.1f} s left"
+        if ev.get("expected_lifetime_s") is not None:
+            state += f" (lifetime ~{ev['expected_lifetime_s']:.1f} s)"
     return f"{ev['t']:8.3f}s  {what:<9} {where:<45} {state}"
 
 

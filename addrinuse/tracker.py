@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from addrinuse.conntable import Entry
+from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, Entry
 
 
 @dataclass
@@ -22,6 +22,8 @@ class Event:
     lifetime_s: float | None = None
     lifetime_max_s: float | None = None
     present_at_start: bool = False
+    age_s: float | None = None  # with a kernel timer: how long the entry has been in its state
+    age_from: str | None = None  # "watch" (bounded by the polls) or "kernel" (TCP_TIMEWAIT_LEN - time left)
 
     def to_dict(self) -> dict:
         e = self.entry
@@ -31,6 +33,10 @@ class Event:
             out["previous"] = self.previous
         if e.expires_s is not None:
             out["expires_s"] = round(e.expires_s, 3)
+            if self.age_s is not None:
+                # A lifetime known as soon as the entry is seen: age so far + the kernel's time left.
+                out.update(age_s=round(self.age_s, 3), age_from=self.age_from,
+                           expected_lifetime_s=round(self.age_s + e.expires_s, 3))
         if self.event == "appeared":
             out["present_at_start"] = self.present_at_start
         if self.event == "vanished":
@@ -68,9 +74,9 @@ class Tracker:
             if old is None:
                 self.seen[key] = _Seen(entry, t, t, before, first_poll)
                 self._count(entry.state)
-                events.append(Event(t, "appeared", entry, present_at_start=first_poll))
+                events.append(self._aged(Event(t, "appeared", entry, present_at_start=first_poll), before))
             elif old.entry.state != entry.state:
-                events.append(Event(t, "changed", entry, previous=old.entry.state))
+                events.append(self._aged(Event(t, "changed", entry, previous=old.entry.state), old.last))
                 self._record(old, t)
                 self.seen[key] = _Seen(entry, t, t, old.last, False)
                 self._count(entry.state)
@@ -84,6 +90,18 @@ class Tracker:
         self.polls += 1
         self.last_poll = t
         return events
+
+    @staticmethod
+    def _aged(event: Event, began_after: float) -> Event:
+        entry = event.entry
+        if entry.expires_s is None:
+            return event
+        if not event.present_at_start:
+            # The state began after the previous poll: its age is at most one poll period.
+            event.age_s, event.age_from = event.t - began_after, "watch"
+        elif entry.timer == "timewait" and entry.state == "TIME_WAIT":
+            event.age_s, event.age_from = max(0.0, TCP_TIMEWAIT_LEN_S - entry.expires_s), "kernel"
+        return event
 
     def _count(self, state: str) -> None:
         self.states_seen[state] = self.states_seen.get(state, 0) + 1

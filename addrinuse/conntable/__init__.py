@@ -1,8 +1,11 @@
 """The TCP connection table behind one small interface.
 
-A backend has `name`, `has_timers` and `snapshot(port=None, states=None) -> list[Entry]`, and
-`close()`. `port` matches the local or the remote port, like ss's `( sport = :P or dport = :P )`,
-so one query shows both the server's side and its clients' side of a port."""
+A backend has `name`, `has_timers`, `snapshot(port=None, states=None, local=False) -> list[Entry]`
+and `close()`. `port` matches the local or the remote port, like ss's `( sport = :P or dport = :P )`,
+so one query shows both the server's side and its clients' side of a port; `local=True` matches the
+local port only (what blocks a bind). Backends: netlink (Linux sock_diag, with the kernel's timers)
+and psutil (portable, no timers); `auto` takes netlink where it works, psutil elsewhere, the way
+psutil picks its platform module once."""
 
 from __future__ import annotations
 
@@ -20,7 +23,23 @@ STATES = (
     "LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2",
     "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT", "CLOSED",
 )
-BACKENDS = ("auto", "psutil")
+BACKENDS = ("auto", "netlink", "psutil")
+IS_LINUX = sys.platform.startswith("linux")
+# include/net/tcp.h: #define TCP_TIMEWAIT_LEN (60*HZ); fixed at build time, no sysctl changes it.
+TCP_TIMEWAIT_LEN_S = 60.0
+# The TIME_WAIT timer sits in the kernel's timer wheel (kernel/time/timer.c), which rounds a 60 s
+# expiry up to its level's granularity: 8**3 jiffies = 2.048 s at HZ=250 (0.512 s at HZ=1000).
+# So an entry frees between the timer's deadline and about 2 s after it; measured 61.6-62.0 s here.
+TIMER_WHEEL_SLACK_S = 2.048
+FREEING_TIMERS = ("timewait",)
+
+
+def last_expiry(entries: Iterable[Entry]) -> float | None:
+    """Seconds until the last kernel timer of these entries runs out (None if any has no timer)."""
+    left = [e.expires_s for e in entries]
+    if not left or any(x is None for x in left):
+        return None
+    return max(left)
 
 
 @dataclass(frozen=True)
@@ -50,7 +69,8 @@ class Backend(Protocol):
     name: str
     has_timers: bool
 
-    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None) -> list[Entry]: ...
+    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None,
+                 local: bool = False) -> list[Entry]: ...
 
     def close(self) -> None: ...
 
@@ -69,17 +89,28 @@ def normalize_states(states: Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(out)
 
 
-def matches(entry: Entry, port: int | None, states: frozenset[str] | None) -> bool:
-    if port is not None and port not in (entry.lport, entry.rport):
+def matches(entry: Entry, port: int | None, states: frozenset[str] | None, local: bool = False) -> bool:
+    if port is not None and port != entry.lport and (local or port != entry.rport):
         return False
     return states is None or entry.state in states
 
 
 def get_backend(name: str = "auto") -> Backend:
-    from addrinuse.errors import BadInput
+    from addrinuse.errors import BackendUnavailable, BadInput
 
     if name not in BACKENDS:
         raise BadInput(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    if name in ("auto", "netlink"):
+        if IS_LINUX:
+            from addrinuse.conntable.netlink import NetlinkBackend
+
+            try:
+                return NetlinkBackend()
+            except BackendUnavailable:
+                if name == "netlink":
+                    raise
+        elif name == "netlink":
+            raise BackendUnavailable("the netlink backend needs Linux: use --backend psutil")
     from addrinuse.conntable.psutil import PsutilBackend
 
     return PsutilBackend()
@@ -89,12 +120,11 @@ def sort_key(entry: Entry):
     return (entry.lport, entry.laddr, entry.rport, entry.raddr, entry.state)
 
 
-def snapshot(port: int | None = None, states: Iterable[str] | None = None, backend: str = "auto") -> list[Entry]:
+def snapshot(port: int | None = None, states: Iterable[str] | None = None, backend: str = "auto",
+             local: bool = False) -> list[Entry]:
     source = get_backend(backend)
     try:
-        return source.snapshot(port, states)
+        return source.snapshot(port, states, local)
     finally:
         source.close()
 
-
-IS_LINUX = sys.platform.startswith("linux")

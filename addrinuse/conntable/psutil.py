@@ -23,7 +23,8 @@ class PsutilBackend:
     def __init__(self) -> None:
         self._names: dict[int, str | None] = {}
 
-    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None) -> list[Entry]:
+    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None,
+                 local: bool = False) -> list[Entry]:
         wanted = normalize_states(states)
         out = []
         for conn in psutil.net_connections(kind="tcp"):
@@ -35,7 +36,7 @@ class PsutilBackend:
                 laddr=conn.laddr.ip, lport=conn.laddr.port, raddr=raddr, rport=rport,
                 state=_STATE.get(conn.status, conn.status), pid=conn.pid, process=self._name(conn.pid),
             )
-            if matches(entry, port, wanted):
+            if matches(entry, port, wanted, local):
                 out.append(entry)
         return sorted(out, key=sort_key)
 

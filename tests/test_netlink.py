@@ -1,0 +1,159 @@
+"""The netlink sock_diag backend against psutil, /proc and ss, on real TIME_WAIT entries."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+
+from addrinuse.conntable import get_backend
+from bench.peers import proc_rows, ss_timers
+from tests.helpers import has_ss, wait_for
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sock_diag is Linux only")
+
+
+def server_first_cycles(listener: socket.socket, count: int, family=socket.AF_INET, host="127.0.0.1") -> list[int]:
+    """`count` connections the server closes first; returns the client ports (TIME_WAIT lands on the server)."""
+    port = listener.getsockname()[1]
+    ports = []
+    for _ in range(count):
+        client = socket.socket(family, socket.SOCK_STREAM)
+        client.connect((host, port))
+        ports.append(client.getsockname()[1])
+        conn, _ = listener.accept()
+        conn.close()
+        client.recv(1)  # the server's FIN
+        client.close()
+    return ports
+
+
+@pytest.fixture
+def netlink():
+    backend = get_backend("netlink")
+    yield backend
+    backend.close()
+
+
+def settled(backend, port, count):
+    """Wait until exactly `count` TIME_WAIT entries hold the local port and nothing else is in flux."""
+    return wait_for(lambda: (lambda es: es if len(es) == count else None)(
+        [e for e in backend.snapshot(port, local=True) if e.state == "TIME_WAIT"]), what=f"{count} TIME_WAIT")
+
+
+def test_netlink_and_psutil_agree_on_a_known_workload(netlink):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        server_first_cycles(listener, 7)
+        held = socket.create_connection(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        settled(netlink, port, 7)
+        psutil_backend = get_backend("psutil")
+        mine = {(e.key, e.state, e.pid) for e in netlink.snapshot(port)}
+        theirs = {(e.key, e.state, e.pid) for e in psutil_backend.snapshot(port)}
+        assert mine == theirs
+        states = sorted(e.state for e in netlink.snapshot(port, local=True))
+        assert states == ["ESTABLISHED", "LISTEN"] + ["TIME_WAIT"] * 7
+        listen = [e for e in netlink.snapshot(port) if e.state == "LISTEN"][0]
+        assert (listen.pid, listen.process is not None, listen.uid) == (os.getpid(), True, os.geteuid())
+        assert listen.inode
+        conn.close()
+        held.close()
+    finally:
+        listener.close()
+
+
+def test_timers_agree_with_proc_and_ss(netlink):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        server_first_cycles(listener, 5)
+    finally:
+        listener.close()
+    mine = {e.rport: e for e in settled(netlink, port, 5)}
+    proc = {r["rport"]: r for r in proc_rows(port) if r["state"] == "TIME_WAIT"}
+    assert mine.keys() == proc.keys()
+    for rport, entry in mine.items():
+        assert entry.timer == "timewait" and proc[rport]["timer"] == 3 and proc[rport]["inode"] == 0
+        assert 0 < entry.expires_s <= 60.0
+        assert abs(entry.expires_s - proc[rport]["expires_s"]) <= 0.020  # /proc counts in 10 ms ticks
+    if has_ss():
+        for rport, left in ss_timers(port).items():
+            assert abs(mine[rport].expires_s - left) <= 1.0  # ss prints whole seconds above 1 s
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_dual_stack_listener_keeps_ipv4_time_wait_in_the_ipv6_table(netlink):
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(("::", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        clients = server_first_cycles(listener, 3)  # IPv4 clients to 127.0.0.1
+    finally:
+        listener.close()
+    entries = settled(netlink, port, 3)
+    assert {(e.family, e.laddr, e.raddr) for e in entries} == {(6, "::ffff:127.0.0.1", "::ffff:127.0.0.1")}
+    assert sorted(e.rport for e in entries) == sorted(clients)
+
+
+def test_a_dump_larger_than_one_message_buffer_loses_nothing(netlink):
+    """~1200 entries x 88 bytes is several netlink buffers (the kernel fills at most ~32 KiB each)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    port = listener.getsockname()[1]
+    try:
+        clients = server_first_cycles(listener, 1200)
+    finally:
+        listener.close()
+    entries = settled(netlink, port, 1200)
+    assert sorted(e.rport for e in entries) == sorted(clients)
+    assert len(proc_rows(port)) == 1200
+
+
+def test_state_filter_is_applied_in_the_kernel_request(netlink):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        server_first_cycles(listener, 2)
+        settled(netlink, port, 2)
+        assert [e.state for e in netlink.snapshot(port, ["LISTEN"])] == ["LISTEN"]
+        assert {e.state for e in netlink.snapshot(port, ["TIME_WAIT"])} == {"TIME_WAIT"}
+    finally:
+        listener.close()
+
+
+def test_cli_backends_selectable_and_table_shows_when_the_port_frees(run):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server_first_cycles(listener, 2)
+    listener.close()
+    netlink = run("table", "--port", port, "--backend", "netlink", "--json").json()
+    assert netlink["backend"] == "netlink" and netlink["time_wait"] == 2 and 0 < netlink["frees_in_s"] <= 60
+    assert all(e["timer"] == "timewait" for e in netlink["entries"] if e["lport"] == port)
+    plain = run("table", "--port", port, "--backend", "psutil", "--json").json()
+    assert plain["backend"] == "psutil" and plain["frees_in_s"] is None
+    text = run("table", "--port", port).stdout
+    assert "LEFT" in text.splitlines()[0] and "it frees in" in text
+    assert run("table", "--backend", "carrier-pigeon").exit_code == 2
+
+
+def test_rebind_wait_json_carries_the_kernel_eta(run):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server_first_cycles(listener, 2)
+    listener.close()
+    out = run("rebind", "--port", port, "--wait", "--timeout", "0.2", "--json")
+    assert out.exit_code == 4
+    assert 55 < out.json()["eta_s"] <= 60
