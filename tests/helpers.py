@@ -48,3 +48,16 @@ def ss_rows(port: int) -> set[tuple]:
         rport = peer_ep.rsplit(":", 1)[1]
         rows.add((int(local_ep.rsplit(":", 1)[1]), 0 if rport == "*" else int(rport), names[state]))
     return rows
+
+
+def client_side(server_port: int, client_ports, state: str) -> list:
+    """Our clients' entries: local port among ours AND remote port the server's. A client port alone
+    is not enough: connect() gives the same ephemeral port to connections to other destinations."""
+    ports = set(client_ports)
+    return [e for e in snapshot(server_port, [state]) if e.rport == server_port and e.lport in ports]
+
+
+def wait_client_side(server_port: int, client_ports, state: str, timeout: float = 5.0) -> list:
+    want = len(set(client_ports))
+    return wait_for(lambda: (lambda es: es if len(es) == want else None)(client_side(server_port, client_ports, state)),
+                    timeout, what=f"{want} client-side {state} entries toward port {server_port}")

@@ -14,7 +14,7 @@ import pytest
 
 from addrinuse.cli import cli
 from addrinuse.conntable import snapshot
-from tests.helpers import local, wait_for, wait_local
+from tests.helpers import local, wait_client_side, wait_for, wait_local
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 COMMANDS = sorted(cli.commands)
@@ -179,19 +179,20 @@ def test_foreground_server_stops_on_ctrl_c_and_removes_its_record(run, state_dir
 
 def test_connect_hold_keeps_connections_until_ctrl_c(run):
     rec = run("start", "--json").json()
-    proc = _popen("connect", "--port", rec["port"], "-n", 3, "--hold")
+    proc = _popen("connect", "--port", rec["port"], "-n", 3, "--hold", "--json")
     try:
-        assert "Ctrl-C to end" in proc.stdout.readline()
+        clients = json.loads(proc.stdout.readline())["local_ports"]
+        assert "Ctrl-C to end" in proc.stderr.readline()
         wait_local(rec["port"], "ESTABLISHED", 3)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0 and "the client closed first" in out
+    assert proc.returncode == 0 and "the client closed first" in err
     # The client closed first: its ports, not the server's, hold the TIME_WAIT entries.
-    wait_for(lambda: len([e for e in snapshot(rec["port"], ["TIME_WAIT"]) if e.rport == rec["port"]]) == 3)
+    wait_client_side(rec["port"], clients, "TIME_WAIT")
     assert local(rec["port"], "TIME_WAIT") == []
     run("kill", rec["name"])
 

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from addrinuse.conntable import snapshot
-from tests.helpers import has_ss, local, ss_rows, wait_for, wait_local
+from tests.helpers import has_ss, local, ss_rows, wait_client_side, wait_for, wait_local
 
 
 def start(run, *args):
@@ -44,8 +44,7 @@ def test_client_first_puts_time_wait_on_client_ports(run):
     rec = start(run, "--close", "client-first")
     out = run("connect", "--port", rec["port"], "-n", 3, "--json").json()
     assert out["policy"] == "client-first" and out["server_closed_first"] == 0
-    for client_port in out["local_ports"]:
-        wait_local(client_port, "TIME_WAIT", 1)
+    wait_client_side(rec["port"], out["local_ports"], "TIME_WAIT")
     assert local(rec["port"], "TIME_WAIT") == []
     run("kill", rec["name"])
     assert run("rebind", "--port", rec["port"]).exit_code == 0
@@ -57,7 +56,7 @@ def test_close_never_leaves_close_wait_and_fin_wait2(run):
     (client_port,) = out["local_ports"]
     (server_side,) = wait_local(rec["port"], "CLOSE_WAIT", 1)
     assert server_side.pid == rec["pid"] and server_side.rport == client_port
-    wait_local(client_port, "FIN_WAIT2", 1)
+    wait_client_side(rec["port"], [client_port], "FIN_WAIT2")
     run("kill", rec["name"])
 
 
@@ -203,16 +202,15 @@ def test_table_agrees_with_ss(run):
     wait_local(rec["port"], "CLOSE_WAIT", 5)
     # The server's ACK of each client FIN may be a delayed ACK (tens of ms): until it lands, the client
     # is in FIN_WAIT1. Compare a settled table, or the two tools see two different instants.
-    wait_for(lambda: len([e for e in snapshot(rec["port"], ["FIN_WAIT2"]) if e.rport == rec["port"]]) == 5,
-             what="5 client sides in FIN_WAIT2")
+    wait_client_side(rec["port"], clients, "FIN_WAIT2")
     mine = {(e["lport"], e["rport"], e["state"]) for e in run("table", "--port", rec["port"], "--json").json()["entries"]}
     assert mine == ss_rows(rec["port"])
     ours = {row for row in mine if row[0] == rec["port"] or row[0] in clients}
     assert len(ours) == 1 + 5 + 5  # listener, 5 CLOSE_WAIT server sides, 5 FIN_WAIT2 client sides
     run("kill", rec["name"])
     # The server was the passive closer (CLOSE_WAIT -> LAST_ACK): TIME_WAIT lands on the clients' side.
-    wait_for(lambda: len([e for e in snapshot(rec["port"], ["TIME_WAIT"]) if e.rport == rec["port"]]) == 5
-             and not local(rec["port"], "LAST_ACK"), what="5 client-side TIME_WAIT entries")
+    wait_client_side(rec["port"], clients, "TIME_WAIT")
+    wait_for(lambda: not local(rec["port"], "LAST_ACK"), what="the server's LAST_ACK entries to go")
     mine = {(e["lport"], e["rport"], e["state"]) for e in run("table", "--port", rec["port"], "--json").json()["entries"]}
     assert mine == ss_rows(rec["port"])
 
