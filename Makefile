@@ -25,3 +25,6 @@ test: $(STAMP) ## Run the test suite (real sockets, real processes)
 
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+bench: $(STAMP) ## Benchmark snapshots at 1k/10k/50k TIME_WAIT against psutil, /proc and ss
+	$(BIN)/python -m bench

@@ -78,9 +78,11 @@ def test_restart_after_kill_fails_with_eaddrinuse_and_json_keys(run):
 
 def test_reuseaddr_on_both_old_and_new_server_rebinds(run):
     rec = start(run, "--reuseaddr")
-    run("connect", "--port", rec["port"], "-n", 2)
+    clients = run("connect", "--port", rec["port"], "-n", 2, "--json").json()["local_ports"]
     run("kill", rec["name"])
-    wait_local(rec["port"], "TIME_WAIT", 2)
+    # With SO_REUSEADDR the kernel may pick a port that still holds others' reusable TIME_WAIT
+    # entries: wait for ours, by client port.
+    wait_for(lambda: {e.rport for e in local(rec["port"], "TIME_WAIT")} >= set(clients), what="our TIME_WAIT")
     assert run("rebind", "--port", rec["port"]).exit_code == 3
     ok = run("rebind", "--port", rec["port"], "--reuseaddr", "--json")
     assert ok.exit_code == 0 and ok.json()["ok"] is True

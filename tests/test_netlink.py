@@ -16,6 +16,17 @@ from tests.helpers import has_ss, wait_for
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sock_diag is Linux only")
 
 
+def plain_listener(host: str = "127.0.0.1", family: int = socket.AF_INET, v6only: bool | None = None) -> socket.socket:
+    """A plain listener, without the SO_REUSEADDR that socket.create_server() sets: the kernel then
+    never picks a port that still holds someone else's TIME_WAIT entries."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if v6only is not None:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
 def server_first_cycles(listener: socket.socket, count: int, family=socket.AF_INET, host="127.0.0.1") -> list[int]:
     """`count` connections the server closes first; returns the client ports (TIME_WAIT lands on the server)."""
     port = listener.getsockname()[1]
@@ -45,7 +56,7 @@ def settled(backend, port, count):
 
 
 def test_netlink_and_psutil_agree_on_a_known_workload(netlink):
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = plain_listener()
     port = listener.getsockname()[1]
     try:
         server_first_cycles(listener, 7)
@@ -68,7 +79,7 @@ def test_netlink_and_psutil_agree_on_a_known_workload(netlink):
 
 
 def test_timers_agree_with_proc_and_ss(netlink):
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = plain_listener()
     port = listener.getsockname()[1]
     try:
         server_first_cycles(listener, 5)
@@ -104,15 +115,12 @@ def _ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_dual_stack_listener_keeps_ipv4_time_wait_in_the_ipv6_table(netlink):
-    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    listener.bind(("::", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
+    dual = plain_listener("::", socket.AF_INET6, v6only=False)
+    port = dual.getsockname()[1]
     try:
-        clients = server_first_cycles(listener, 3)  # IPv4 clients to 127.0.0.1
+        clients = server_first_cycles(dual, 3)  # IPv4 clients to 127.0.0.1
     finally:
-        listener.close()
+        dual.close()
     entries = settled(netlink, port, 3)
     assert {(e.family, e.laddr, e.raddr) for e in entries} == {(6, "::ffff:127.0.0.1", "::ffff:127.0.0.1")}
     assert sorted(e.rport for e in entries) == sorted(clients)
@@ -120,7 +128,7 @@ def test_dual_stack_listener_keeps_ipv4_time_wait_in_the_ipv6_table(netlink):
 
 def test_a_dump_larger_than_one_message_buffer_loses_nothing(netlink):
     """~1200 entries x 88 bytes is several netlink buffers (the kernel fills at most ~32 KiB each)."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    listener = plain_listener()
     port = listener.getsockname()[1]
     try:
         clients = server_first_cycles(listener, 1200)
@@ -132,7 +140,7 @@ def test_a_dump_larger_than_one_message_buffer_loses_nothing(netlink):
 
 
 def test_state_filter_is_applied_in_the_kernel_request(netlink):
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = plain_listener()
     port = listener.getsockname()[1]
     try:
         server_first_cycles(listener, 2)
@@ -144,7 +152,7 @@ def test_state_filter_is_applied_in_the_kernel_request(netlink):
 
 
 def test_cli_backends_selectable_and_table_shows_when_the_port_frees(run):
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = plain_listener()
     port = listener.getsockname()[1]
     server_first_cycles(listener, 2)
     listener.close()
@@ -159,10 +167,38 @@ def test_cli_backends_selectable_and_table_shows_when_the_port_frees(run):
 
 
 def test_rebind_wait_json_carries_the_kernel_eta(run):
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = plain_listener()
     port = listener.getsockname()[1]
     server_first_cycles(listener, 2)
     listener.close()
     out = run("rebind", "--port", port, "--wait", "--timeout", "0.2", "--json")
     assert out.exit_code == 4
     assert 55 < out.json()["eta_s"] <= 60
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_one_walk_request_and_per_family_requests_return_the_same_entries(netlink):
+    """Snapshots use TCPDIAG_GETSOCK (both families in one walk); SOCK_DIAG_BY_FAMILY per family is the
+    fallback. Both are real kernel requests: compare them on IPv4, IPv6 and dual-stack entries."""
+    v4 = plain_listener()
+    port = v4.getsockname()[1]
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    v6.bind(("::1", port))
+    v6.listen()
+    try:
+        server_first_cycles(v4, 2)
+        server_first_cycles(v6, 2, socket.AF_INET6, "::1")
+        settled(netlink, port, 4)
+        per_family = get_backend("netlink")
+        per_family.compat = False
+        try:
+            # Timers tick between the two requests: compare what the entries are, not their time left.
+            one_walk = {(e.key, e.state, e.pid) for e in netlink.snapshot(port)}
+            assert {(e.key, e.state, e.pid) for e in per_family.snapshot(port)} == one_walk
+        finally:
+            per_family.close()
+        assert {key[0] for key, _, _ in one_walk} == {4, 6} and len(one_walk) == 6
+    finally:
+        v4.close()
+        v6.close()
