@@ -7,7 +7,6 @@ Exit codes: 0 ok; 1 failure (a command could not do its job); 2 bad input; 3 add
 
 from __future__ import annotations
 
-import json as _json
 import signal
 import sys
 import time
@@ -62,7 +61,9 @@ def _fail(message: str, code: int):
 
 
 def emit(data) -> None:
-    click.echo(_json.dumps(data))
+    import json
+
+    click.echo(json.dumps(data))
 
 
 class PortType(click.ParamType):
@@ -494,7 +495,7 @@ def watch(port, states, interval, duration, until_empty, backend, as_json):
         while True:
             now = time.monotonic() - began
             for ev in tracker.update(entries, now):
-                click.echo(_json.dumps(ev.to_dict()) if as_json else render_event(ev.to_dict()))
+                emit(ev.to_dict()) if as_json else click.echo(render_event(ev.to_dict()))
             if (until_empty and tracker.live == 0) or (duration and now >= duration):
                 break
             time.sleep(interval)
@@ -504,7 +505,7 @@ def watch(port, states, interval, duration, until_empty, backend, as_json):
     finally:
         source.close()
     data = tracker.summary(time.monotonic() - began)
-    click.echo(_json.dumps(data) if as_json else render_summary(data))
+    emit(data) if as_json else click.echo(render_summary(data))
 
 
 @cli.command()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from addrinuse.conntable import Entry
-from addrinuse.sockets import ProbeResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type hints only: `rebind` renders a probe without loading the table modules
+    from addrinuse.conntable import Entry
+    from addrinuse.sockets import ProbeResult
 
 
 def endpoint(addr: str, port: int) -> str:

@@ -11,18 +11,18 @@ TIME_WAIT entries of an old server that did not set it.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from addrinuse.errors import AddressInUse, BadInput, SocketCallError
 
 LOOPBACK_HINT = "use 127.0.0.1 or ::1, or pass --allow-public to use {host} on purpose"
 
 
-@dataclass(frozen=True)
-class SocketOptions:
+# NamedTuples, not dataclasses: `rebind` loads this module at every start, and a frozen dataclass
+# costs about a millisecond to create (measured with python -X importtime).
+class SocketOptions(NamedTuple):
     reuseaddr: bool = False
     reuseport: bool = False
     # SO_LINGER {on, 0} on accepted sockets: close() sends RST and skips TIME_WAIT (tcp_disconnect path).
@@ -31,8 +31,7 @@ class SocketOptions:
     v6only: bool | None = None
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(NamedTuple):
     ok: bool
     host: str
     port: int
@@ -43,7 +42,7 @@ class ProbeResult:
     syscall: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
 
 def check_port(port: int, *, allow_zero: bool = True) -> int:
@@ -55,6 +54,12 @@ def check_port(port: int, *, allow_zero: bool = True) -> int:
 
 def resolve(host: str) -> tuple[int, str]:
     """Return (family, numeric address) for a host name or literal, first answer wins like most servers."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)  # a literal needs no resolver (nor its IDNA codec)
+            return family, host
+        except (OSError, ValueError):
+            pass
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as err:
@@ -64,6 +69,8 @@ def resolve(host: str) -> tuple[int, str]:
 
 
 def is_loopback(address: str) -> bool:
+    import ipaddress
+
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
