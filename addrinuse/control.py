@@ -92,6 +92,13 @@ def start_server(registry: Registry, config: ServerConfig, name: str | None = No
         )
         record.log = str(registry.log_path(record.name))
         os.replace(log_path, record.log)
+        if message.get("child_pid"):
+            # The child is ours too: it gets a record of its own, so kill --all ends it.
+            child = ServerRecord(name=f"{record.name}-child", pid=message["child_pid"],
+                                 create_time=psutil.Process(message["child_pid"]).create_time(),
+                                 host=config.host, port=port, close="never", reuseaddr=config.reuseaddr)
+            registry.save(child)
+            record.child = child.name
         registry.save(record)
         return record
     except BaseException:

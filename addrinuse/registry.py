@@ -43,6 +43,7 @@ class ServerRecord:
     linger0: bool = False
     started_at: float = field(default_factory=time.time)
     log: str = ""
+    child: str | None = None  # the record of a child that inherited the listener (spawn_child)
 
     def to_dict(self) -> dict:
         return asdict(self)

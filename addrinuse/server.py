@@ -22,6 +22,8 @@ from addrinuse.errors import AddrinuseError, SocketCallError
 from addrinuse.sockets import SocketOptions, bind_listen, set_linger0
 
 CLOSE_POLICIES = ("server-first", "client-first", "never")
+# The inheriting child: holds the listening fd (it never accepts) until SIGTERM/SIGINT.
+HOLDER = "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); signal.pause()"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class ServerConfig:
     reuseport: bool = False
     linger0: bool = False
     v6only: bool | None = None
+    # Start a child process that inherits the listening socket and outlives this server: the classic
+    # "killed the server, port still busy" case (a worker, or a program launched without FD_CLOEXEC).
+    spawn_child: bool = False
 
     @property
     def options(self) -> SocketOptions:
@@ -148,8 +153,10 @@ def serve(config: ServerConfig, ready_fd: int = -1, on_ready=None) -> int:
         listener.setblocking(False)
         host, port = listener.getsockname()[:2]
         server = Server(listener, config)
+        child = _spawn_holder(listener) if config.spawn_child else None
         try:
-            _report(ready_fd, {"ok": True, "pid": os.getpid(), "host": host, "port": port})
+            _report(ready_fd, {"ok": True, "pid": os.getpid(), "host": host, "port": port,
+                               "child_pid": child.pid if child else None})
             if on_ready:
                 on_ready(host, port)
             server.run()
@@ -164,6 +171,13 @@ def serve(config: ServerConfig, ready_fd: int = -1, on_ready=None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _spawn_holder(listener: socket.socket):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", HOLDER], pass_fds=(listener.fileno(),),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def main(argv: list[str]) -> int:
