@@ -354,11 +354,7 @@ def rebind(ctx, host, port, reuseaddr, reuseport, wait, timeout, interval, backe
     opts = SocketOptions(reuseaddr, reuseport)
     result, waited, eta = probe(host, port, opts), 0.0, None
     if wait and not result.ok:
-        eta, on_attempt = _eta_display(port, backend, as_json)
-        try:
-            result, waited = wait_until_bindable(host, port, opts, timeout, interval, on_attempt)
-        finally:
-            on_attempt.close()
+        result, waited, eta = _wait_with_eta(host, port, opts, timeout, interval, backend, as_json)
     if as_json:
         emit({**result.to_dict(), "waited_s": round(waited, 3), "eta_s": None if eta is None else round(eta, 3)})
     else:
@@ -396,6 +392,18 @@ class _Countdown:
             click.echo(err=True)
         if self.source:
             self.source.close()
+
+
+def _wait_with_eta(host, port, opts, timeout, interval, backend, as_json):
+    """Wait until the address binds with these options, showing the kernel's ETA meanwhile."""
+    from addrinuse.sockets import wait_until_bindable
+
+    eta, countdown = _eta_display(port, backend, as_json)
+    try:
+        result, waited = wait_until_bindable(host, port, opts, timeout, interval, countdown)
+    finally:
+        countdown.close()
+    return result, waited, eta
 
 
 def _eta_display(port: int, backend: str, as_json: bool):
@@ -559,6 +567,121 @@ def demo(ctx, host, clients, as_json):
         click.echo("NOT reproduced: see the steps above for what this kernel did instead")
     if not result.reproduced:
         ctx.exit(EXIT_FAILED)
+
+
+as_option = click.option("--as", "mode", type=click.Choice(["plain", "reuseaddr", "reuseport"]), default="plain",
+                         show_default=True, help="How your server binds: plain, with SO_REUSEADDR, or SO_REUSEPORT.")
+
+
+@cli.command()
+@click.argument("port", type=PortType(allow_zero=False))
+@host_option
+@as_option
+@backend_option
+@json_option
+@click.pass_context
+def why(ctx, port, host, mode, backend, as_json):
+    """Why PORT cannot be bound, and the fix (exit 0 free, 3 blocked).
+
+    Probes bind+listen plain, with SO_REUSEADDR and with SO_REUSEPORT; lists the listeners (pid,
+    name, command line, user), the entries the kernel still holds and when they expire, any
+    dual-stack overlap, and whether the port lies in ip_local_port_range.
+
+    \b
+    Example:
+      addrinuse why 8080 --as reuseaddr
+    """
+    from addrinuse.diagnose import diagnose
+    from addrinuse.render import diagnosis
+
+    d = diagnose(port, host, mode, backend)
+    if as_json:
+        emit(d.to_dict())
+    else:
+        click.echo(diagnosis(d))
+    if not d.free:
+        ctx.exit(EXIT_IN_USE)
+
+
+@cli.command()
+@click.argument("port", type=PortType(allow_zero=False))
+@host_option
+@as_option
+@click.option("--timeout", default=90.0, show_default=True, type=float, callback=positive("seconds"),
+              help="Give up after this long (exit 4).")
+@click.option("--interval", default=0.1, show_default=True, type=float, callback=positive("seconds"),
+              help="Time between attempts.")
+@backend_option
+@json_option
+@click.pass_context
+def wait(ctx, port, host, mode, timeout, interval, backend, as_json):
+    """Block until PORT can be bound the way your server binds it (exit 0 free, 4 timed out).
+
+    For CI scripts before a restart; a countdown from the kernel's timers shows on a TTY.
+
+    \b
+    Example:
+      addrinuse wait 8080 --as plain --timeout 70 && ./start-server
+    """
+    from addrinuse.diagnose import MODES, diagnose
+    from addrinuse.sockets import probe, resolve
+
+    resolve(host)
+    result, waited, eta = probe(host, port, MODES[mode]), 0.0, None
+    if not result.ok:
+        result, waited, eta = _wait_with_eta(host, port, MODES[mode], timeout, interval, backend, as_json)
+    blocking = None if result.ok else diagnose(port, host, mode, backend).verdict
+    if as_json:
+        emit({"port": port, "host": host, "as": mode, "free": result.ok, "waited_s": round(waited, 3),
+              "eta_s": eta, "blocking": blocking})
+    elif result.ok:
+        click.echo(f"port {port} is free for {mode} after {waited:.2f} s")
+    else:
+        click.echo(f"port {port} still blocked after {waited:.1f} s: {blocking}")
+    if not result.ok:
+        ctx.exit(EXIT_TIMEOUT)
+
+
+@cli.command()
+@click.argument("port", type=PortType(allow_zero=False))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def clear(port, yes, as_json):
+    """Destroy PORT's TIME_WAIT (and orphaned FIN_WAIT2) entries with SOCK_DESTROY, as ss -K does.
+
+    Touches no other state and no other port. Needs root and CONFIG_INET_DIAG_DESTROY; a refusal
+    by the kernel is an error (exit 1), never silent.
+
+    \b
+    Example:
+      addrinuse clear 8080 --yes
+    """
+    from addrinuse.conntable import get_backend
+    from addrinuse.destroy import clear as destroy_entries, clearable
+
+    backend = get_backend("netlink")
+    try:
+        targets = clearable(backend.snapshot(port, ["TIME_WAIT", "FIN_WAIT2"], local=True), port)
+        if targets and not yes:
+            if not sys.stdin.isatty():
+                raise BadInput(f"{len(targets)} entries would be destroyed but stdin is not a terminal: pass --yes")
+            states = ", ".join(f"{sum(e.state == s for e in targets)} {s}" for s in ("TIME_WAIT", "FIN_WAIT2")
+                               if any(e.state == s for e in targets))
+            click.confirm(f"destroy {states} entries of local port {port}?", abort=True)
+        report = destroy_entries(backend, targets, port)
+        left = clearable(backend.snapshot(port, ["TIME_WAIT", "FIN_WAIT2"], local=True), port)
+    finally:
+        backend.close()
+    if as_json:
+        emit({"port": port, "destroyed": report.destroyed, "total": report.total,
+              "already_gone": report.already_gone, "left": len(left)})
+        return
+    if not targets:
+        click.echo(f"nothing to clear: no TIME_WAIT or orphaned FIN_WAIT2 entry holds local port {port}")
+        return
+    detail = ", ".join(f"{n} {s}" for s, n in report.destroyed.items()) or "none"
+    gone = f"; {report.already_gone} had expired meanwhile" if report.already_gone else ""
+    click.echo(f"destroyed {report.total} entries of local port {port} ({detail}){gone}; {len(left)} left")
 
 
 @cli.group()

@@ -56,6 +56,8 @@ class Entry:
     uid: int | None = None
     timer: str | None = None  # the kernel's timer kind, e.g. "timewait", "keepalive"
     expires_s: float | None = None  # time left on that timer
+    v6only: bool | None = None  # IPV6_V6ONLY of an AF_INET6 socket (netlink only; TIME_WAIT has none)
+    cookie: int | None = None  # the kernel's socket cookie (netlink): names exactly this socket
 
     @property
     def key(self) -> tuple:

@@ -30,6 +30,11 @@ from addrinuse.errors import BackendUnavailable
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18  # legacy request type: struct inet_diag_req, answered for both families at once
 SOCK_DIAG_BY_FAMILY = 20
+SOCK_DESTROY = 21  # needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY; tcp_abort() ends TIME_WAIT too
+NLM_F_ACK = 0x4
+INET_DIAG_SKV6ONLY = 11
+ATTR = struct.Struct("=HH")
+COOKIE = struct.Struct("=Q")
 ANSWERS = (TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY)
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -165,25 +170,58 @@ class NetlinkBackend:
                         continue
                     raise _Refused(-code)
                 if kind in ANSWERS and length >= NLMSG_HDR.size + DIAG_MSG_LEN:
-                    out.append(self._entry(view, body))
+                    out.append(self._entry(view, body, offset + length))
                 offset += (length + 3) & ~3
 
-    def _entry(self, view: memoryview, o: int) -> Entry:
+    def _entry(self, view: memoryview, o: int, end: int) -> Entry:
         buf = self.buf
         family, state, timer = buf[o], buf[o + 1], buf[o + 2]
         sport, dport = PORTS.unpack_from(buf, o + 4)
         size = 4 if family == socket.AF_INET else 16
         laddr = self._addr(family, bytes(view[o + 8:o + 8 + size]))
         raddr = self._addr(family, bytes(view[o + 24:o + 24 + size]))
+        (cookie,) = COOKIE.unpack_from(buf, o + 44)
         expires, _, _, uid, inode = TAIL.unpack_from(buf, o + 52)
+        v6only = None
+        a = o + DIAG_MSG_LEN
+        while a + ATTR.size <= end:  # rtattrs follow the message; only SKV6ONLY is wanted
+            alen, atype = ATTR.unpack_from(buf, a)
+            if alen < ATTR.size:
+                break
+            if atype == INET_DIAG_SKV6ONLY:
+                v6only = bool(buf[a + ATTR.size])
+            a += (alen + 3) & ~3
         name = KERNEL_STATES[state] if state < len(KERNEL_STATES) else f"STATE{state}"
         if name == "LISTEN":
             raddr, dport = "*", 0
         return Entry(
             family=4 if family == socket.AF_INET else 6, laddr=laddr, lport=sport, raddr=raddr, rport=dport,
             state=name, inode=inode or None, uid=uid, timer=TIMERS.get(timer),
-            expires_s=expires / 1000.0 if timer else None,
+            expires_s=expires / 1000.0 if timer else None, v6only=v6only, cookie=cookie,
         )
+
+    def destroy(self, entry: Entry) -> int:
+        """SOCK_DESTROY one socket, named by its 4-tuple and cookie (as `ss -K` does). Returns 0, or
+        the errno the kernel answered: EOPNOTSUPP without CONFIG_INET_DIAG_DESTROY, EPERM without
+        CAP_NET_ADMIN, ENOENT when the socket is already gone."""
+        family = socket.AF_INET if entry.family == 4 else socket.AF_INET6
+        src = socket.inet_pton(family, entry.laddr).ljust(16, b"\0")
+        dst = socket.inet_pton(family, entry.raddr).ljust(16, b"\0")
+        body = (struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+                + PORTS.pack(entry.lport, entry.rport) + src + dst + struct.pack("=I", 0)
+                + (COOKIE.pack(entry.cookie) if entry.cookie is not None else INET_DIAG_NOCOOKIE))
+        self.seq += 1
+        self.sock.send(NLMSG_HDR.pack(NLMSG_HDR.size + len(body), SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK,
+                                      self.seq, 0) + body)
+        while True:
+            size = self.sock.recv_into(self.buf)
+            offset = 0
+            while offset + NLMSG_HDR.size <= size:
+                length, kind, _, seq, _ = NLMSG_HDR.unpack_from(self.buf, offset)
+                if seq == self.seq and kind == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", self.buf, offset + NLMSG_HDR.size)
+                    return -code
+                offset += max((length + 3) & ~3, NLMSG_HDR.size)
 
     def _addr(self, family: int, raw: bytes) -> str:
         text = self._addr_cache.get(raw)

@@ -1,0 +1,243 @@
+"""why / wait / clear against real servers no one here wrote: for each, the verdict must match what
+really happens when that same server is restarted at once (the test restarts it and compares)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from tests.helpers import wait_for
+
+TCPSERVER = """
+import socketserver, sys
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(b"hi\\n")
+socketserver.TCPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="SOCK_DESTROY needs root (CAP_NET_ADMIN)")
+
+
+def free_port() -> int:
+    """A port the kernel picks for a socket without SO_REUSEADDR: nothing at all is on it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_server(port: int, tmp_path) -> list[str]:
+    return [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+
+
+def tcp_server(port: int) -> list[str]:
+    return [sys.executable, "-c", TCPSERVER, str(port)]
+
+
+class Started:
+    """A third-party server we started; `listening` tells whether it got its port."""
+
+    def __init__(self, argv: list[str], port: int):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.port = port
+        self.listening = wait_for(lambda: self._listens() or self.proc.poll() is not None, timeout=15,
+                                  what=f"{argv[1:3]} to listen or exit") and self._listens()
+
+    def _listens(self) -> bool:
+        try:
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                       for c in psutil.Process(self.proc.pid).net_connections("tcp"))
+        except psutil.NoSuchProcess:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # our own child, by its pid
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stderr.close()
+
+
+def requests(port: int, count: int, line: bytes) -> list[int]:
+    """count requests; each server closes first (HTTP/1.0, or socketserver's shutdown_request)."""
+    ports = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            ports.append(c.getsockname()[1])
+            c.sendall(line)
+            while c.recv(4096):
+                pass
+    return ports
+
+
+def served_then_killed(argv: list[str], port: int, line: bytes) -> list[int]:
+    server = Started(argv, port)
+    assert server.listening
+    try:
+        clients = requests(port, 3, line)
+    finally:
+        server.stop()
+    from tests.helpers import local
+
+    wait_for(lambda: {e.rport for e in local(port, "TIME_WAIT")} >= set(clients), what="TIME_WAIT on the server port")
+    return clients
+
+
+def restart(argv: list[str], port: int) -> bool:
+    server = Started(argv, port)
+    server.stop()
+    return server.listening
+
+
+GET = b"GET / HTTP/1.0\r\n\r\n"
+
+
+def test_http_server_sets_reuseaddr_so_only_a_reuseaddr_restart_works(run, tmp_path):
+    port = free_port()
+    served_then_killed(http_server(port, tmp_path), port, GET)
+    plain = run("why", port, "--json")
+    reuse = run("why", port, "--as", "reuseaddr", "--json")
+    assert plain.exit_code == 3 and reuse.exit_code == 0
+    assert "a server that sets SO_REUSEADDR can bind now" in plain.json()["verdict"]
+    assert reuse.json()["verdict"].startswith("free for a server that sets SO_REUSEADDR")
+    # What really happens: a plain TCPServer (no SO_REUSEADDR) is refused, http.server itself starts.
+    assert restart(tcp_server(port), port) is False
+    assert restart(http_server(port, tmp_path), port) is True
+
+
+def test_plain_tcpserver_does_not_so_nothing_restarts(run, tmp_path):
+    port = free_port()
+    served_then_killed(tcp_server(port), port, b"hello\n")
+    plain = run("why", port, "--json")
+    reuse = run("why", port, "--as", "reuseaddr", "--json")
+    assert plain.exit_code == 3 and reuse.exit_code == 3
+    verdict = plain.json()["verdict"]
+    assert "TIME_WAIT entries from a server-side close" in verdict and "SO_REUSEADDR will not help" in verdict
+    lingering = plain.json()["lingering"][0]
+    assert lingering["state"] == "TIME_WAIT" and lingering["count"] == 3 and 0 < lingering["expires_in_s"] <= 60
+    assert restart(tcp_server(port), port) is False
+    assert restart(http_server(port, tmp_path), port) is False
+
+
+def test_a_process_still_listening_is_named(run, tmp_path):
+    port = free_port()
+    server = Started(http_server(port, tmp_path), port)
+    try:
+        out = run("why", port, "--as", "reuseaddr")
+        data = run("why", port, "--json").json()
+        assert out.exit_code == 3
+        assert f"(pid {server.proc.pid}) is listening on it" in data["verdict"] and data["verdict"].endswith("stop it")
+        (listener,) = data["listeners"]
+        assert "http.server" in listener["cmdline"] and listener["user"] == psutil.Process().username()
+        assert restart(http_server(port, tmp_path), port) is False  # even with SO_REUSEADDR
+    finally:
+        server.stop()
+
+
+def test_an_addrinuse_server_verdict_names_its_kill_command(run):
+    rec = run("start", "--json", "--name", "mine").json()
+    verdict = run("why", rec["port"], "--json").json()["verdict"]
+    assert "the addrinuse server 'mine'" in verdict and verdict.endswith("addrinuse kill mine")
+    run("kill", "mine")
+
+
+@needs_root
+def test_clear_then_a_plain_restart_succeeds(run, tmp_path):
+    port = free_port()
+    served_then_killed(tcp_server(port), port, b"hello\n")
+    out = run("clear", port, "--yes", "--json")
+    assert out.exit_code == 0 and out.json()["destroyed"] == {"TIME_WAIT": 3} and out.json()["left"] == 0
+    assert run("why", port).exit_code == 0
+    assert restart(tcp_server(port), port) is True
+
+
+@needs_root
+def test_clear_touches_no_other_state_and_no_other_port(run):
+    import tests.helpers as h
+
+    rec = run("start", "--json", "--close", "never").json()
+    other = run("start", "--json").json()
+    run("connect", "--port", other["port"], "-n", 2)
+    run("kill", other["name"])
+    h.wait_local(other["port"], "TIME_WAIT", 2)
+    run("connect", "--port", rec["port"], "-n", 2)  # CLOSE_WAIT on rec's port, held by its pid
+    h.wait_local(rec["port"], "CLOSE_WAIT", 2)
+    out = run("clear", rec["port"], "--yes", "--json").json()
+    assert out["total"] == 0
+    assert len(h.local(rec["port"], "CLOSE_WAIT")) == 2 and len(h.local(rec["port"], "LISTEN")) == 1
+    assert len(h.local(other["port"], "TIME_WAIT")) == 2
+    run("kill", rec["name"])
+
+
+def test_clear_without_yes_and_no_terminal_refuses(sub):
+    port = free_port()
+    served_then_killed(tcp_server(port), port, b"hello\n")
+    out = sub("clear", port)
+    assert out.exit_code == 2 and "pass --yes" in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("setpriv"),
+                    reason="needs root and setpriv to run clear as an unprivileged user")
+def test_clear_refused_by_the_kernel_fails_loudly(tmp_path):
+    """Produced for real: as uid 65534 the kernel answers SOCK_DESTROY with EPERM."""
+    port = free_port()
+    served_then_killed(tcp_server(port), port, b"hello\n")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "ADDRINUSE_STATE_DIR": str(tmp_path / "nobody")}
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                          "addrinuse", "clear", str(port), "--yes"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 1, out.stderr
+    assert "refused SOCK_DESTROY" in out.stderr and "Operation not permitted" in out.stderr
+
+
+def test_wait_exits_4_saying_what_blocks_then_0_when_free(run):
+    port = free_port()
+    served_then_killed(tcp_server(port), port, b"hello\n")
+    out = run("wait", port, "--timeout", "0.3", "--json")
+    assert out.exit_code == 4 and "TIME_WAIT" in out.json()["blocking"] and 0 < out.json()["eta_s"] <= 60
+    assert run("wait", port, "--as", "reuseaddr", "--timeout", "0.2").exit_code == 4
+    if os.geteuid() == 0:
+        run("clear", port, "--yes")
+        done = run("wait", port, "--json")
+        assert done.exit_code == 0 and done.json()["free"] is True
+
+
+def _ipv6() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 on this machine")
+def test_dual_stack_overlap_is_explained(run):
+    dual = socket.socket(socket.AF_INET6)
+    dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    dual.bind(("::", 0))
+    dual.listen()
+    port = dual.getsockname()[1]
+    try:
+        data = run("why", port, "--json").json()  # an IPv4 bind on 127.0.0.1
+        assert data["free"] is False and "IPV6_V6ONLY" in data["dual_stack"] + data["verdict"]
+        assert data["listeners"][0]["v6only"] is False
+    finally:
+        dual.close()
+    v4 = socket.socket()
+    v4.bind(("0.0.0.0", 0))
+    v4.listen()
+    try:
+        data = run("why", v4.getsockname()[1], "--host", "::", "--json").json()
+        assert data["free"] is False and "dual-stack bind conflicts" in data["dual_stack"]
+    finally:
+        v4.close()
