@@ -202,3 +202,26 @@ def test_one_walk_request_and_per_family_requests_return_the_same_entries(netlin
     finally:
         v4.close()
         v6.close()
+
+
+def test_watch_gives_a_time_wait_lifetime_as_soon_as_the_entry_appears(run):
+    """age (bounded by the polls) + the kernel's time left: about 60 s, without waiting 60 s."""
+    import json
+    import subprocess
+
+    srv = plain_listener()
+    port = srv.getsockname()[1]
+    watcher = subprocess.Popen([sys.executable, "-m", "addrinuse", "watch", "--port", str(port), "--state", "TIME_WAIT",
+                                "--interval", "0.02", "--duration", "30", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Ctrl-C to end." in watcher.stderr.readline()
+        (client,) = server_first_cycles(srv, 1)
+        first = json.loads(watcher.stdout.readline())
+    finally:
+        srv.close()
+        watcher.terminate()
+        watcher.communicate(timeout=10)
+    assert (first["event"], first["state"], first["rport"]) == ("appeared", "TIME_WAIT", client)
+    assert first["age_from"] == "watch" and 0 <= first["age_s"] <= 1.0
+    assert 59.0 <= first["expected_lifetime_s"] <= 61.0 and first["expires_s"] <= 60.0
