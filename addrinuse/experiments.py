@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from addrinuse.scenario import Scenario, ScenarioError, Step, load
-from addrinuse.sockets import SocketOptions, bind_listen, new_socket, probe, resolve
+from addrinuse.errors import SocketCallError
+from addrinuse.scenario import Scenario, ScenarioError, load
+from addrinuse.sockets import SocketOptions, bind_listen, errno_name, new_socket, probe, resolve
 
 ENV_DIR = "ADDRINUSE_EXPERIMENTS_DIR"
 SYSCTLS = {
@@ -173,8 +174,8 @@ class Runner:
                               reuseport=p["reuseport"], linger0=p["linger0"], spawn_child=p["spawn_child"])
         record = start_server(self.registry, config)
         child_pid = self.registry_pid(record.child) if record.child else None
-        return {"name": record.name, "pid": record.pid, "port": record.port, "child_pid": child_pid,
-                "reuseaddr": record.reuseaddr}
+        return {"name": record.name, "pid": record.pid, "host": record.host, "port": record.port,
+                "child_pid": child_pid, "reuseaddr": record.reuseaddr}
 
     def registry_pid(self, name: str) -> int | None:
         records, _ = self.registry.load()
@@ -184,7 +185,7 @@ class Runner:
         from addrinuse.client import converse
 
         target = self.results[p["to"][1:]]
-        talk = converse("127.0.0.1" if target.get("host") is None else target["host"], target["port"], p["count"])
+        talk = converse(target["host"], target["port"], p["count"])
         return {"count": talk.count, "server_closed_first": talk.server_closed_first,
                 "local_ports": talk.local_ports, "policy": talk.policy}
 
@@ -208,12 +209,8 @@ class Runner:
                     sock.bind((address, port))
                 except OSError as err:
                     sock.close()
-                    from addrinuse.errors import SocketCallError
-
                     raise SocketCallError("bind", err.errno or 0, p["host"], port) from err
-        except Exception as err:
-            if not hasattr(err, "syscall"):
-                raise
+        except SocketCallError as err:
             return {"ok": False, "error": err.errname, "errno": err.errno, "syscall": err.syscall, "port": port}
         key = f"sock{len(self.sockets)}"
         self.sockets[key] = sock
@@ -231,10 +228,8 @@ class Runner:
         try:
             sock.listen(16)
         except OSError as err:
-            import errno as _errno
-
-            return {"ok": False, "error": _errno.errorcode.get(err.errno, str(err.errno)), "errno": err.errno,
-                    "syscall": "listen", "port": bound["port"]}
+            return {"ok": False, "error": errno_name(err.errno), "errno": err.errno, "syscall": "listen",
+                    "port": bound["port"]}
         return {"ok": True, "error": None, "syscall": None, "port": bound["port"]}
 
     def do_close(self, p: dict) -> dict:

@@ -26,10 +26,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from addrinuse.conntable import STATES, normalize_states
 from addrinuse.errors import BadInput
 
 REQUIRED = object()
-STATE_LIST = list
 SOCKET_OPTS = {"host": (str, "127.0.0.1"), "reuseaddr": (bool, False), "reuseport": (bool, False),
                "v6only": (bool, None)}
 # action -> {parameter: (type, default or REQUIRED)}
@@ -161,6 +161,14 @@ def _step(path, where, raw, earlier: set[str]) -> Step:
             raise ScenarioError(path, f"{where}.{key}", f"{value!r} is not allowed", f"use one of {', '.join(CHOICES[key])}")
         if isinstance(value, str) and value.startswith("@") and value[1:].split(".")[0] not in earlier:
             raise ScenarioError(path, f"{where}.{key}", f"{value} names no earlier step", "refer to an earlier step's id")
+        if key == "port" and not (value == "new" or value.startswith("@") or value.isdigit()):
+            raise ScenarioError(path, f"{where}.port", f"{value!r} is not a port", "use \"new\", \"@step\" or a number")
+        if key == "states":
+            try:
+                normalize_states([_typed(path, f"{where}.states[]", v, str) for v in value])
+            except ValueError as err:
+                raise ScenarioError(path, f"{where}.states", f"unknown state {err.args[0]!r}",
+                                    f"use {', '.join(STATES)}") from None
     for key, (kind, default) in spec.items():
         if key not in params:
             if default is REQUIRED:
@@ -178,6 +186,10 @@ def _expect(path, where, raw, ids: set[str]) -> Expect:
         _typed(path, f"{where}.{key}", value, EXPECT_KEYS[key])
     if raw.get("step") not in ids:
         raise ScenarioError(path, f"{where}.step", f"{raw.get('step')!r} is not a step id", "name one of the steps")
+    if "order" in raw and raw.get("end") not in ("active", "passive"):
+        raise ScenarioError(path, f"{where}.end", "missing or not active/passive", "say which end 'order' is about")
+    if raw.get("source", "poll") not in ("poll", "trace"):
+        raise ScenarioError(path, f"{where}.source", f"{raw['source']!r} is not allowed", "use poll or trace")
     checks = {k: raw[k] for k in CHECK_KEYS if k in raw}
     if not checks:
         raise ScenarioError(path, where, "checks nothing", f"add one of {', '.join(CHECK_KEYS)}")

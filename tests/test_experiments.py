@@ -144,6 +144,8 @@ INVALID = [
     ('[[step]]\nid = "a"\ndo = "server"\nreuseaddr = "yes"\n', "step[0].reuseaddr", "is a str"),
     ('[[step]]\nid = "a"\ndo = "connect"\nto = "@nobody"\n', "step[0].to", "names no earlier step"),
     ('[[step]]\nid = "a"\ndo = "server"\nclose = "sometimes"\n', "step[0].close", "not allowed"),
+    ('[[step]]\nid = "a"\ndo = "table"\nport = "new"\nstates = ["WAITING"]\n', "step[0].states", "unknown state"),
+    ('[[step]]\nid = "a"\ndo = "probe"\nport = "eighty"\n', "step[0].port", "is not a port"),
 ]
 
 
