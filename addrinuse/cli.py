@@ -277,7 +277,7 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
     Example:
       addrinuse kill srv-8080
     """
-    from addrinuse.conntable import snapshot
+    from addrinuse.conntable import get_backend
     from addrinuse.control import stop_servers
     from addrinuse.render import table
 
@@ -285,7 +285,11 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
         raise BadInput("give only one of NAME, --port N or --all")
     report = stop_servers(registry(ctx), name, port, everything, getattr(signal, f"SIG{sig}"), timeout)
     report_problems(report.problems)
-    tables = {p: snapshot(port=p) for p in report.ports}
+    source = get_backend("auto")
+    try:
+        tables = {p: source.snapshot(port=p) for p in report.ports}
+    finally:
+        source.close()
     if as_json:
         emit({"stopped": [o.to_dict() for o in report.stopped], "problems": [p.reason for p in report.problems],
               "table": {str(p): [e.to_dict() for e in es] for p, es in tables.items()}})
@@ -300,7 +304,7 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
         for p, entries in tables.items():
             click.echo(f"\nport {p} now: " + ("nothing in the table" if not entries else f"{len(entries)} entries"))
             if entries:
-                click.echo(table(entries))
+                click.echo(table(entries, timers=source.has_timers))
     if any(not o.exited for o in report.stopped):
         ctx.exit(EXIT_FAILED)
 
