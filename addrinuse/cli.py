@@ -124,6 +124,16 @@ host_option = click.option("--host", default="127.0.0.1", show_default=True, hel
 backend_option = click.option("--backend", type=click.Choice(["auto", "netlink", "psutil"]), default="auto",
                               show_default=True,
                               help="Connection-table source: netlink (Linux sock_diag, kernel timers) or psutil.")
+def timeout_option(help_text: str):
+    return click.option("--timeout", default=90.0, show_default=True, type=float, callback=positive("seconds"),
+                        help=help_text)
+
+
+def interval_option(help_text: str):
+    return click.option("--interval", default=0.1, show_default=True, type=float, callback=positive("seconds"),
+                        help=help_text)
+
+
 public_option = click.option("--allow-public", is_flag=True,
                              help="Allow a non-loopback host (traffic then leaves loopback).")
 
@@ -335,10 +345,8 @@ def servers(ctx, as_json):
 @click.option("--reuseaddr/--no-reuseaddr", default=False, show_default=True, help="Set SO_REUSEADDR first.")
 @click.option("--reuseport", is_flag=True, help="Set SO_REUSEPORT first.")
 @click.option("--wait", is_flag=True, help="Retry until the address can be bound; show an ETA from the kernel's timers.")
-@click.option("--timeout", default=90.0, show_default=True, type=float, callback=positive("seconds"),
-              help="With --wait: give up after this long (exit 4).")
-@click.option("--interval", default=0.1, show_default=True, type=float, callback=positive("seconds"),
-              help="With --wait: time between attempts.")
+@timeout_option("With --wait: give up after this long (exit 4).")
+@interval_option("With --wait: time between attempts.")
 @backend_option
 @json_option
 @click.pass_context
@@ -611,10 +619,8 @@ def why(ctx, port, host, mode, backend, as_json):
 @click.argument("port", type=PortType(allow_zero=False))
 @host_option
 @as_option
-@click.option("--timeout", default=90.0, show_default=True, type=float, callback=positive("seconds"),
-              help="Give up after this long (exit 4).")
-@click.option("--interval", default=0.1, show_default=True, type=float, callback=positive("seconds"),
-              help="Time between attempts.")
+@timeout_option("Give up after this long (exit 4).")
+@interval_option("Time between attempts.")
 @backend_option
 @json_option
 @click.pass_context

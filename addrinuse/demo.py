@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from addrinuse.client import converse
-from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, TIMER_WHEEL_SLACK_S, last_expiry, snapshot
+from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, TIMER_WHEEL_SLACK_S, get_backend, last_expiry
 from addrinuse.control import start_server, stop_servers
 from addrinuse.registry import Registry
 from addrinuse.server import ServerConfig
@@ -55,11 +55,15 @@ def describe(result: ProbeResult) -> str:
 def wait_time_wait(port: int, want: int, timeout: float = 2.0):
     """Poll until `want` TIME_WAIT entries hold the port's local side (or the deadline passes)."""
     deadline = time.monotonic() + timeout
-    while True:
-        entries = snapshot(port, ["TIME_WAIT"], local=True)
-        if len(entries) >= want or time.monotonic() >= deadline:
-            return entries
-        time.sleep(0.01)
+    source = get_backend()  # one backend (one netlink socket) for the whole poll
+    try:
+        while True:
+            entries = source.snapshot(port, ["TIME_WAIT"], local=True)
+            if len(entries) >= want or time.monotonic() >= deadline:
+                return entries
+            time.sleep(0.01)
+    finally:
+        source.close()
 
 
 def _close_cycle(registry: Registry, host: str, clients: int, reuseaddr: bool, tag: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from addrinuse.errors import SocketCallError
 from addrinuse.scenario import Scenario, ScenarioError, load
-from addrinuse.sockets import SocketOptions, bind_listen, errno_name, new_socket, probe, resolve
+from addrinuse.sockets import SocketOptions, bind_listen, errno_name, has_ipv6_loopback, new_socket, probe, resolve
 
 ENV_DIR = "ADDRINUSE_EXPERIMENTS_DIR"
 SYSCTLS = {
@@ -62,11 +62,8 @@ def missing_requirement(scenario: Scenario) -> str | None:
     from addrinuse.tracepoint import unavailable_reason
 
     for need in scenario.requires:
-        if need == "ipv6":
-            try:
-                socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-            except OSError:
-                return "no IPv6 loopback on this machine"
+        if need == "ipv6" and not has_ipv6_loopback():
+            return "no IPv6 loopback on this machine"
         elif need == "root" and os.geteuid() != 0:
             return "needs root"
         elif need == "tracefs" and unavailable_reason():

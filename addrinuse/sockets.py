@@ -84,6 +84,15 @@ def require_loopback(host: str, allow_public: bool) -> tuple[int, str]:
     return family, address
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (an IPv6-less kernel or a disabled lo answers no)."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        return True
+    except OSError:
+        return False
+
+
 def new_socket(family: int, opts: SocketOptions) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

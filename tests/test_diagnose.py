@@ -12,6 +12,8 @@ import sys
 import psutil
 import pytest
 
+from addrinuse.sockets import has_ipv6_loopback
+
 from tests.helpers import wait_for
 
 TCPSERVER = """
@@ -212,15 +214,8 @@ def test_wait_exits_4_saying_what_blocks_then_0_when_free(run):
         assert done.exit_code == 0 and done.json()["free"] is True
 
 
-def _ipv6() -> bool:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-        return True
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(not _ipv6(), reason="no IPv6 on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 on this machine")
 def test_dual_stack_overlap_is_explained(run):
     dual = socket.socket(socket.AF_INET6)
     dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from addrinuse.conntable import get_backend
+from addrinuse.sockets import has_ipv6_loopback
 from bench.peers import proc_rows, ss_timers
 from tests.helpers import has_ss, wait_for
 
@@ -105,15 +106,8 @@ def test_timers_agree_with_proc_and_ss(netlink):
             assert abs(mine[rport].expires_s - left) <= 1.0  # ss prints whole seconds above 1 s
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-        return True
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_dual_stack_listener_keeps_ipv4_time_wait_in_the_ipv6_table(netlink):
     dual = plain_listener("::", socket.AF_INET6, v6only=False)
     port = dual.getsockname()[1]
@@ -176,7 +170,7 @@ def test_rebind_wait_json_carries_the_kernel_eta(run):
     assert 55 < out.json()["eta_s"] <= 60
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_one_walk_request_and_per_family_requests_return_the_same_entries(netlink):
     """Snapshots use TCPDIAG_GETSOCK (both families in one walk); SOCK_DIAG_BY_FAMILY per family is the
     fallback. Both are real kernel requests: compare them on IPv4, IPv6 and dual-stack entries."""
