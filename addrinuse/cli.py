@@ -360,13 +360,14 @@ def rebind(ctx, host, port, reuseaddr, reuseport, wait, timeout, interval, backe
       addrinuse rebind --port 8080 --reuseaddr --wait --timeout 70
     """
     from addrinuse.render import probe as render_probe
-    from addrinuse.sockets import SocketOptions, probe, resolve, wait_until_bindable
+    from addrinuse.sockets import SocketOptions, probe, resolve
 
     resolve(host)
     opts = SocketOptions(reuseaddr, reuseport)
-    result, waited, eta = probe(host, port, opts), 0.0, None
-    if wait and not result.ok:
+    if wait:
         result, waited, eta = _wait_with_eta(host, port, opts, timeout, interval, backend, as_json)
+    else:
+        result, waited, eta = probe(host, port, opts), 0.0, None
     if as_json:
         emit({**result.to_dict(), "waited_s": round(waited, 3), "eta_s": None if eta is None else round(eta, 3)})
     else:
@@ -388,8 +389,7 @@ class _Countdown:
     def eta(self) -> float | None:
         from addrinuse.conntable import last_expiry
 
-        blockers = self.source.snapshot(self.port, ["TIME_WAIT", "FIN_WAIT2"], local=True) if self.source else []
-        return last_expiry(blockers) if blockers and self.source.has_timers else None
+        return last_expiry(self.source.snapshot(self.port, ["TIME_WAIT", "FIN_WAIT2"], local=True))
 
     def __call__(self, result, waited: float) -> None:
         if not self.tty or result.ok or waited - self.shown < 0.25:
@@ -402,14 +402,18 @@ class _Countdown:
     def close(self) -> None:
         if self.tty and self.shown:
             click.echo(err=True)
-        if self.source:
-            self.source.close()
+        self.source.close()
 
 
 def _wait_with_eta(host, port, opts, timeout, interval, backend, as_json):
-    """Wait until the address binds with these options, showing the kernel's ETA meanwhile."""
-    from addrinuse.sockets import wait_until_bindable
+    """Wait until the address binds with these options, showing the kernel's ETA meanwhile.
+    Returns (last probe, seconds waited, ETA or None). A free address costs one probe and no
+    connection-table backend."""
+    from addrinuse.sockets import probe, wait_until_bindable
 
+    first = probe(host, port, opts)
+    if first.ok:
+        return first, 0.0, None
     eta, countdown = _eta_display(port, backend, as_json)
     try:
         result, waited = wait_until_bindable(host, port, opts, timeout, interval, countdown)
@@ -453,7 +457,7 @@ def table_cmd(port, states, backend, as_json):
         entries = source.snapshot(port, states or None)
     finally:
         source.close()
-    frees = _frees(entries, port, source.has_timers)
+    frees = _frees(entries, port)
     if as_json:
         emit({"port": port, "states": list(states) or None, "backend": source.name, "count": len(entries),
               "entries": [e.to_dict() for e in entries], **frees})
@@ -469,14 +473,14 @@ def table_cmd(port, states, backend, as_json):
                        f"{frees['frees_in_s']:.1f} s, at {frees['frees_at']} (the timer wheel may add ~2 s)")
 
 
-def _frees(entries, port, has_timers) -> dict:
+def _frees(entries, port) -> dict:
     """When a port's local TIME_WAIT entries let it go, by the kernel's timers."""
     from addrinuse.conntable import last_expiry
 
     if port is None:
         return {}
     held = [e for e in entries if e.lport == port and e.state == "TIME_WAIT"]
-    left = last_expiry(held) if held and has_timers else None
+    left = last_expiry(held)
     at = None if left is None else time.strftime("%H:%M:%S", time.localtime(time.time() + left))
     return {"time_wait": len(held), "frees_in_s": None if left is None else round(left, 3), "frees_at": at}
 
@@ -634,12 +638,10 @@ def wait(ctx, port, host, mode, timeout, interval, backend, as_json):
       addrinuse wait 8080 --as plain --timeout 70 && ./start-server
     """
     from addrinuse.diagnose import MODES, diagnose
-    from addrinuse.sockets import probe, resolve
+    from addrinuse.sockets import resolve
 
     resolve(host)
-    result, waited, eta = probe(host, port, MODES[mode]), 0.0, None
-    if not result.ok:
-        result, waited, eta = _wait_with_eta(host, port, MODES[mode], timeout, interval, backend, as_json)
+    result, waited, eta = _wait_with_eta(host, port, MODES[mode], timeout, interval, backend, as_json)
     blocking = None if result.ok else diagnose(port, host, mode, backend).verdict
     if as_json:
         emit({"port": port, "host": host, "as": mode, "free": result.ok, "waited_s": round(waited, 3),

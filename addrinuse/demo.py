@@ -10,6 +10,7 @@ from addrinuse.client import converse
 from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, TIMER_WHEEL_SLACK_S, get_backend, last_expiry
 from addrinuse.control import start_server, stop_servers
 from addrinuse.registry import Registry
+from addrinuse.render import outcome
 from addrinuse.server import ServerConfig
 from addrinuse.sockets import ProbeResult, SocketOptions, probe
 
@@ -47,9 +48,7 @@ class DemoResult:
 
 
 def describe(result: ProbeResult) -> str:
-    if result.ok:
-        return "bind() and listen() succeeded"
-    return f"{result.syscall}() failed: {result.error} ({result.errno})"
+    return outcome(result, "bind() and listen() succeeded")
 
 
 def wait_time_wait(port: int, want: int, timeout: float = 2.0):

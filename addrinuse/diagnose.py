@@ -109,7 +109,6 @@ def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: s
     source = get_backend(backend)
     try:
         entries = source.snapshot(port, local=True)
-        has_timers = source.has_timers
     finally:
         source.close()
     records = {r.pid: r.name for r in Registry().load()[0]}
@@ -124,7 +123,7 @@ def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: s
         if e.state != "LISTEN" and not e.pid:
             by_state.setdefault(e.state, []).append(e)
     for state, group in sorted(by_state.items(), key=lambda kv: -len(kv[1])):
-        d.lingering.append(Lingering(state, len(group), last_expiry(group) if has_timers else None))
+        d.lingering.append(Lingering(state, len(group), last_expiry(group)))
     for listener in d.listeners:
         overlap = _overlaps(family, address, listener)
         if overlap:

@@ -241,9 +241,7 @@ class Runner:
     def _entries(self, port: int, states: list[str], side: str):
         from addrinuse.conntable import snapshot
 
-        entries = snapshot(port, states or None, self.backend)
-        if side == "local":
-            return [e for e in entries if e.lport == port]
+        entries = snapshot(port, states or None, self.backend, local=(side == "local"))
         if side == "remote":
             return [e for e in entries if e.rport == port]
         return entries

@@ -30,12 +30,15 @@ def table(entries: list[Entry], timers: bool = False) -> str:
     return "\n".join(rows)
 
 
+def outcome(r, ok_text: str = "ok") -> str:
+    """A probe's or a socket step's result (ProbeResult or its dict): ok, or the call and errno."""
+    r = r if isinstance(r, dict) else r._asdict()
+    return ok_text if r.get("ok") else f"{r.get('syscall')}() failed: {r.get('error')} ({r.get('errno')})"
+
+
 def probe(result: ProbeResult) -> str:
     opts = f"SO_REUSEADDR {'on' if result.reuseaddr else 'off'}" + (", SO_REUSEPORT on" if result.reuseport else "")
-    where = endpoint(result.host, result.port)
-    if result.ok:
-        return f"{where} ({opts}): bind() and listen() succeeded; released"
-    return f"{where} ({opts}): {result.syscall}() failed: {result.error} ({result.errno})"
+    return f"{endpoint(result.host, result.port)} ({opts}): " + outcome(result, "bind() and listen() succeeded; released")
 
 
 def event(ev: dict) -> str:
@@ -68,12 +71,6 @@ def summary(data: dict) -> str:
 
 # -- experiments -------------------------------------------------------------------------------
 
-def _outcome(r: dict) -> str:
-    if r.get("ok"):
-        return "ok"
-    return f"{r.get('syscall')}() failed: {r.get('error')} ({r.get('errno')})"
-
-
 def experiment_step(row: dict) -> str:
     """One line per step, from what the step observed."""
     r, do = row["result"], row["do"]
@@ -85,7 +82,7 @@ def experiment_step(row: dict) -> str:
     elif do == "kill":
         text = f"stopped {r['stopped']}" + ("" if r["exited"] else " (STILL RUNNING)")
     elif do in ("listen", "bind", "listen_bound", "probe"):
-        text = f"port {r['port']}: {do}: {_outcome(r)}"
+        text = f"port {r['port']}: {do}: {outcome(r)}"
     elif do == "close":
         text = f"closed {r['closed']}"
     elif do == "table":
@@ -95,7 +92,7 @@ def experiment_step(row: dict) -> str:
     elif do == "wait_gone":
         text = (f"gone after {r['lifetime_s']} s" if r["gone"] else "still there at the timeout")
         if "gap_s" in r:
-            text += f"; rebind {_outcome(r)} {r['gap_s'] * 1000:.1f} ms later"
+            text += f"; rebind {outcome(r)} {r['gap_s'] * 1000:.1f} ms later"
     elif do == "close_sequence":
         text = f"port {r['port']} <-> client port {r['client_port']}:\n" + sequence_diagram(r)
     else:
@@ -156,7 +153,7 @@ def diagnosis(d) -> str:
 
     lines = [f"port {d.port} on {d.host}, for {MODE_WORDS[d.mode]} ({d.backend}):", "probes (bind + listen):"]
     for mode, r in d.probes.items():
-        lines.append(f"  {mode:<10} {'ok' if r.ok else f'{r.syscall}() failed: {r.error} ({r.errno})'}")
+        lines.append(f"  {mode:<10} {outcome(r)}")
     lines.append("listeners:" + ("" if d.listeners else " none"))
     for h in d.listeners:
         where = f"[{h.laddr}]" if h.family == 6 else h.laddr

@@ -45,13 +45,6 @@ class ProbeResult(NamedTuple):
         return self._asdict()
 
 
-def check_port(port: int, *, allow_zero: bool = True) -> int:
-    low = 0 if allow_zero else 1
-    if not low <= port <= 65535:
-        raise BadInput(f"port {port} is out of range: use {low}-65535" + (" (0 lets the kernel pick)" if allow_zero else ""))
-    return port
-
-
 def resolve(host: str) -> tuple[int, str]:
     """Return (family, numeric address) for a host name or literal, first answer wins like most servers."""
     for family in (socket.AF_INET, socket.AF_INET6):

@@ -35,7 +35,8 @@ FREEING_TIMERS = ("timewait",)
 
 
 def last_expiry(entries: Iterable[Entry]) -> float | None:
-    """Seconds until the last kernel timer of these entries runs out (None if any has no timer)."""
+    """Seconds until the last kernel timer of these entries runs out; None when there are no entries
+    or any has no timer (every psutil entry), so callers need not ask the backend first."""
     left = [e.expires_s for e in entries]
     if not left or any(x is None for x in left):
         return None
