@@ -1,3 +1,3 @@
-from addrinuse.cli import main
+from addrinuse.entry import main
 
 main()

@@ -153,8 +153,15 @@ class StopOutcome:
     waited_s: float
 
     def to_dict(self) -> dict:
-        return {"name": self.record.name, "pid": self.record.pid, "port": self.record.port,
+        return {"name": self.record.name, "pid": self.record.pid, "host": self.record.host, "port": self.record.port,
                 "exited": self.exited, "waited_s": round(self.waited_s, 3)}
+
+    def owns(self, entry) -> bool:
+        """An entry the server left: its local address:port is the one the server bound."""
+        from addrinuse.conntable.match import bound_here
+        from addrinuse.sockets import resolve
+
+        return bound_here(entry, resolve(self.record.host)[1], self.record.port)
 
 
 @dataclass

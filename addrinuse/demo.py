@@ -93,7 +93,7 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
     result.time_wait = len(entries)
     lines = [f"{len(entries)} TIME_WAIT entries hold local port {record.port}:"]
     lines += [f"  {e.laddr}:{e.lport} -> {e.raddr}:{e.rport}  {e.state}  pid {e.pid or '-'}"
-              + ("" if e.expires_s is None else f"  {e.expires_s:.1f} s left") for e in entries]
+              + ("" if e.expires_in_s is None else f"  {e.expires_in_s:.1f} s left") for e in entries]
     show(DemoStep(f"4. the connection table for port {record.port}", lines))
 
     result.plain = probe(host, record.port, SocketOptions())
@@ -123,8 +123,7 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
     show(DemoStep("7. when will the port be free?", [
         f"in {left:.1f} s, at {when}, {source};",
         f"TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s, and the kernel's timer wheel may add up to "
-        f"{TIMER_WHEEL_SLACK_S:.1f} s", "(`addrinuse rebind --port "
-        f"{record.port} --wait` blocks until then)"]))
+        f"{TIMER_WHEEL_SLACK_S:.1f} s", f"(`addrinuse wait {record.port}` blocks until then)"]))
     return result
 
 

@@ -63,6 +63,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["as"] = out.pop("mode")
         out["probes"] = {k: v.to_dict() for k, v in self.probes.items()}
         out["free"] = self.free
         return out
@@ -101,9 +102,19 @@ def _overlaps(host_family: int, host_addr: str, listener: Holder) -> str | None:
     return None
 
 
-def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: str = "auto") -> Diagnosis:
-    from addrinuse.registry import Registry
+def port_estimate(port: int, host: str = "127.0.0.1", backend: str = "auto"):
+    """When the port's local side frees (an Estimate: now, exact, upper_bound or unknown)."""
+    from addrinuse.estimate import free_in
 
+    source = get_backend(backend)
+    try:
+        return free_in(source.snapshot(port, local=True))
+    finally:
+        source.close()
+
+
+def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: str = "auto",
+             records: list | None = None) -> Diagnosis:
     family, address = resolve(host)
     probes = {m: probe(host, port, opts) for m, opts in MODES.items()}
     source = get_backend(backend)
@@ -111,7 +122,7 @@ def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: s
         entries = source.snapshot(port, local=True)
     finally:
         source.close()
-    records = {r.pid: r.name for r in Registry().load()[0]}
+    records = {r.pid: r.name for r in records or []}
     d = Diagnosis(port, host, mode, source.name, probes)
     for e in entries:
         if e.state == "LISTEN":

@@ -70,10 +70,10 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def require_loopback(host: str, allow_public: bool) -> tuple[int, str]:
+def require_loopback(host: str, allow_public: bool, hint: str | None = None) -> tuple[int, str]:
     family, address = resolve(host)
     if not allow_public and not is_loopback(address):
-        raise BadInput(f"{host} ({address}) is not a loopback address: " + LOOPBACK_HINT.format(host=host))
+        raise BadInput(f"{host} ({address}) is not a loopback address: " + (hint or LOOPBACK_HINT.format(host=host)))
     return family, address
 
 

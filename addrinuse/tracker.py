@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, Entry
+from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, TIMER_WHEEL_SLACK_S, Entry
 
 
 @dataclass
@@ -27,16 +27,20 @@ class Event:
 
     def to_dict(self) -> dict:
         e = self.entry
-        out = {"t": round(self.t, 3), "event": self.event, "family": e.family, "laddr": e.laddr, "lport": e.lport,
-               "raddr": e.raddr, "rport": e.rport, "state": e.state, "pid": e.pid, "process": e.process}
+        out = {"t_s": round(self.t, 3), "event": self.event, "family": e.family, "laddr": e.laddr, "lport": e.lport,
+               "raddr": e.raddr, "rport": e.rport, "state": e.state,
+               "owners": [{"pid": o.pid, "name": o.name} for o in e.owners]}
         if self.previous is not None:
             out["previous"] = self.previous
-        if e.expires_s is not None:
-            out["expires_s"] = round(e.expires_s, 3)
+        if e.expires_in_s is not None:
+            out["expires_in_s"] = round(e.expires_in_s, 3)
             if self.age_s is not None:
-                # A lifetime known as soon as the entry is seen: age so far + the kernel's time left.
+                # A lifetime known as soon as the entry is seen: age so far + the kernel's time left,
+                # as an interval: the timer wheel fires up to TIMER_WHEEL_SLACK_S late.
+                expected = self.age_s + e.expires_in_s
                 out.update(age_s=round(self.age_s, 3), age_from=self.age_from,
-                           expected_lifetime_s=round(self.age_s + e.expires_s, 3))
+                           lifetime_expected_min_s=round(expected, 3),
+                           lifetime_expected_max_s=round(expected + TIMER_WHEEL_SLACK_S, 3))
         if self.event == "appeared":
             out["present_at_start"] = self.present_at_start
         if self.event == "vanished":
@@ -94,13 +98,13 @@ class Tracker:
     @staticmethod
     def _aged(event: Event, began_after: float) -> Event:
         entry = event.entry
-        if entry.expires_s is None:
+        if entry.expires_in_s is None:
             return event
         if not event.present_at_start:
             # The state began after the previous poll: its age is at most one poll period.
             event.age_s, event.age_from = event.t - began_after, "watch"
         elif entry.timer == "timewait" and entry.state == "TIME_WAIT":
-            event.age_s, event.age_from = max(0.0, TCP_TIMEWAIT_LEN_S - entry.expires_s), "kernel"
+            event.age_s, event.age_from = max(0.0, TCP_TIMEWAIT_LEN_S - entry.expires_in_s), "kernel"
         return event
 
     def _count(self, state: str) -> None:
@@ -125,5 +129,5 @@ class Tracker:
                 row.update(min_s=round(min(spans), 3), median_s=round(statistics.median(spans), 3),
                            max_s=round(max(spans), 3), ended=len(spans))
             per_state[state] = row
-        return {"t": round(t, 3), "event": "summary", "polls": self.polls, "still_present": self.live,
+        return {"t_s": round(t, 3), "event": "summary", "polls": self.polls, "still_present": self.live,
                 "states": per_state}

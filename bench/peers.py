@@ -41,7 +41,7 @@ def proc_rows(port: int | None = None, local: bool = True) -> list[dict]:
             timer, when = f[5].split(":")
             rows.append({"laddr": laddr, "lport": lport, "raddr": raddr, "rport": rport,
                          "state": KERNEL_STATES[int(f[3], 16)], "timer": int(timer, 16),
-                         "expires_s": int(when, 16) / USER_HZ, "inode": int(f[9])})
+                         "expires_in_s": int(when, 16) / USER_HZ, "inode": int(f[9])})
     return rows
 
 

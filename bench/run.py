@@ -114,7 +114,7 @@ def startup() -> dict[str, float]:
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import click'": [py, "-c", "import click"],
         "addrinuse --version": [py, "-m", "addrinuse", "--version"],
-        "addrinuse rebind": [py, "-m", "addrinuse", "rebind", "--port", str(port)],
+        "addrinuse rebind": [py, "-m", "addrinuse", "rebind", str(port)],
         "addrinuse demo": [py, "-m", "addrinuse", "demo"],
     }
     out = {}

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from addrinuse.cli import cli
+from addrinuse.cli import run as run_cli
 from addrinuse.control import stop_servers
 from addrinuse.registry import Registry
 
@@ -90,8 +90,11 @@ def run(state_dir):
     """Run the CLI in-process (CliRunner) and return exit code, stdout and stderr."""
 
     def invoke(*args: str) -> Result:
-        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-        return Result(result.exit_code, result.stdout, result.stderr)
+        # Through app.run, as the console script does: errors become exit codes there.
+        with CliRunner().isolation() as streams:
+            code = run_cli([str(a) for a in args])
+            out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
+        return Result(code, out, err)
 
     return invoke
 

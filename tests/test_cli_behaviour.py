@@ -34,21 +34,25 @@ def test_version(run):
 
 
 BAD_INPUTS = [
-    (("rebind", "--port", "70000"), "out of range"),
-    (("rebind", "--port", "http"), "not a port number"),
+    (("rebind", "70000"), "out of range"),
+    (("rebind", "http"), "not a port number"),
     (("start", "--port", "-1"), "out of range"),
-    (("rebind",), "Missing option '--port'"),
+    (("rebind",), "Missing argument 'PORT'"),
     (("kill", "nosuch"), "no server named 'nosuch'"),
     (("kill",), "say which server"),
     (("table", "--state", "WAITING"), "unknown state 'WAITING'"),
-    (("watch", "--interval", "-1"), "not positive"),
-    (("watch", "--interval", "0"), "not positive"),
-    (("connect", "--port", "9", "-n", "0"), "not positive"),
-    (("rebind", "--host", "no-such-host.invalid", "--port", "9"), "does not resolve"),
+    (("watch", "--interval", "-1"), "out of range"),
+    (("watch", "--interval", "0"), "out of range"),
+    (("watch", "--interval", "nan"), "out of range"),
+    (("watch", "--interval", "inf"), "out of range"),
+    (("watch", "--duration", "nan"), "out of range"),
+    (("wait", "9", "--timeout", "-inf"), "out of range"),
+    (("connect", "9", "-n", "0"), "not in the range"),
+    (("rebind", "9", "--host", "no-such-host.invalid"), "does not resolve"),
     (("start", "--host", "no-such-host.invalid"), "does not resolve"),
     (("start", "--host", "0.0.0.0"), "--allow-public"),
-    (("connect", "--host", "192.0.2.1", "--port", "9"), "--allow-public"),
-    (("rebind", "--host", "192.0.2.1", "--port", "9"), "not an address of this machine"),
+    (("connect", "9", "--host", "192.0.2.1"), "--allow-public"),
+    (("rebind", "9", "--host", "192.0.2.1"), "not an address of this machine"),
     (("start", "--close", "sometimes"), "sometimes"),
     (("nosuchcommand",), "No such command"),
 ]
@@ -88,7 +92,7 @@ def test_privileged_port_as_non_root_is_bad_input(command, tmp_path_factory):
     if command == "start" and not _nobody_can_spawn_python():
         shutil.rmtree(shared)
         pytest.skip(f"uid 65534 cannot execute {sys.executable} from a child process on this machine")
-    args = [command, "--port", "80"]
+    args = [command, "--port", "80"] if command == "start" else [command, "80"]
     env = {**os.environ, "ADDRINUSE_STATE_DIR": str(shared / "state"), "PYTHONPATH": os.getcwd()}
     out = subprocess.run([*NOBODY, sys.executable, "-m",
                           "addrinuse", *args], capture_output=True, text=True, env=env, timeout=30)
@@ -179,7 +183,7 @@ def test_foreground_server_stops_on_ctrl_c_and_removes_its_record(run, state_dir
 
 def test_connect_hold_keeps_connections_until_ctrl_c(run):
     rec = run("start", "--json").json()
-    proc = _popen("connect", "--port", rec["port"], "-n", 3, "--hold", "--json")
+    proc = _popen("connect", rec["port"], "-n", 3, "--hold", "--json")
     try:
         clients = json.loads(proc.stdout.readline())["local_ports"]
         assert "Ctrl-C to end" in proc.stderr.readline()
@@ -203,7 +207,7 @@ def test_connect_to_nothing_is_a_one_line_failure(run):
     s = socket.create_server(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    out = run("connect", "--port", port)
+    out = run("connect", port)
     assert out.exit_code == 1 and "ECONNREFUSED" in out.stderr
 
 
@@ -235,7 +239,7 @@ def test_watch_reports_appeared_changed_vanished_and_summary(run):
     try:
         assert "Ctrl-C to end." in watcher.stderr.readline()
         reader = LineReader(watcher.stdout)
-        run("connect", "--port", port, "-n", 2)
+        run("connect", port, "-n", 2)
         wait_for(lambda: len([e for e in reader.events() if e["lport"] == port and e["state"] == "CLOSE_WAIT"]) == 2,
                  what="the watcher to see 2 CLOSE_WAIT entries")
         run("kill", rec["name"])
@@ -252,7 +256,7 @@ def test_watch_reports_appeared_changed_vanished_and_summary(run):
     events = reader.events()
     assert events[-1]["event"] == "summary"
     body = events[:-1]
-    assert {"t", "event", "laddr", "lport", "raddr", "rport", "state"} <= body[0].keys()
+    assert {"t_s", "event", "laddr", "lport", "raddr", "rport", "state", "owners"} <= body[0].keys()
     listen = [e for e in body if e["state"] == "LISTEN"]
     assert [e["event"] for e in listen] == ["appeared", "vanished"] and listen[0]["present_at_start"]
     vanished = [e for e in body if e["event"] == "vanished"]

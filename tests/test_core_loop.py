@@ -32,7 +32,7 @@ def test_start_listens_and_kill_stops(run):
 def test_known_workload_23_server_first_connections_give_23_time_wait(run):
     rec = start(run)
     port = rec["port"]
-    out = run("connect", "--port", port, "-n", 23, "--json").json()
+    out = run("connect", port, "-n", 23, "--json").json()
     assert out["server_closed_first"] == 23 and len(set(out["local_ports"])) == 23
     entries = wait_local(port, "TIME_WAIT", 23)
     assert {e.rport for e in entries} == set(out["local_ports"])
@@ -42,17 +42,17 @@ def test_known_workload_23_server_first_connections_give_23_time_wait(run):
 
 def test_client_first_puts_time_wait_on_client_ports(run):
     rec = start(run, "--close", "client-first")
-    out = run("connect", "--port", rec["port"], "-n", 3, "--json").json()
+    out = run("connect", rec["port"], "-n", 3, "--json").json()
     assert out["policy"] == "client-first" and out["server_closed_first"] == 0
     wait_client_side(rec["port"], out["local_ports"], "TIME_WAIT")
     assert local(rec["port"], "TIME_WAIT") == []
     run("kill", rec["name"])
-    assert run("rebind", "--port", rec["port"]).exit_code == 0
+    assert run("rebind", rec["port"]).exit_code == 0
 
 
 def test_close_never_leaves_close_wait_and_fin_wait2(run):
     rec = start(run, "--close", "never")
-    out = run("connect", "--port", rec["port"], "--json").json()
+    out = run("connect", rec["port"], "--json").json()
     (client_port,) = out["local_ports"]
     (server_side,) = wait_local(rec["port"], "CLOSE_WAIT", 1)
     assert server_side.pid == rec["pid"] and server_side.rport == client_port
@@ -62,30 +62,32 @@ def test_close_never_leaves_close_wait_and_fin_wait2(run):
 
 def test_restart_after_kill_fails_with_eaddrinuse_and_json_keys(run):
     rec = start(run)
-    run("connect", "--port", rec["port"], "-n", 2)
+    run("connect", rec["port"], "-n", 2)
     run("kill", rec["name"])
     wait_local(rec["port"], "TIME_WAIT", 2)
-    result = run("rebind", "--port", rec["port"], "--json")
+    result = run("rebind", rec["port"], "--json")
     assert result.exit_code == 3
     data = result.json()
-    assert {"ok", "errno", "error", "syscall", "host", "port", "reuseaddr", "reuseport", "waited_s"} <= data.keys()
-    assert (data["ok"], data["errno"], data["error"], data["syscall"]) == (False, errno.EADDRINUSE, "EADDRINUSE", "bind")
+    assert {"host", "port", "as", "free", "probe"} <= data.keys() and data["free"] is False
+    probe = data["probe"]
+    assert {"ok", "errno", "error", "syscall", "host", "port", "reuseaddr", "reuseport"} <= probe.keys()
+    assert (probe["ok"], probe["errno"], probe["error"], probe["syscall"]) == (False, errno.EADDRINUSE, "EADDRINUSE", "bind")
     # Linux: SO_REUSEADDR on the new socket alone does not pass TIME_WAIT entries of a server without it.
-    assert run("rebind", "--port", rec["port"], "--reuseaddr").exit_code == 3
+    assert run("rebind", rec["port"], "--as", "reuseaddr").exit_code == 3
     start_again = run("start", "--port", rec["port"])
     assert start_again.exit_code == 3 and "EADDRINUSE" in start_again.stderr
 
 
 def test_reuseaddr_on_both_old_and_new_server_rebinds(run):
     rec = start(run, "--reuseaddr")
-    clients = run("connect", "--port", rec["port"], "-n", 2, "--json").json()["local_ports"]
+    clients = run("connect", rec["port"], "-n", 2, "--json").json()["local_ports"]
     run("kill", rec["name"])
     # With SO_REUSEADDR the kernel may pick a port that still holds others' reusable TIME_WAIT
     # entries: wait for ours, by client port.
     wait_for(lambda: {e.rport for e in local(rec["port"], "TIME_WAIT")} >= set(clients), what="our TIME_WAIT")
-    assert run("rebind", "--port", rec["port"]).exit_code == 3
-    ok = run("rebind", "--port", rec["port"], "--reuseaddr", "--json")
-    assert ok.exit_code == 0 and ok.json()["ok"] is True
+    assert run("rebind", rec["port"]).exit_code == 3
+    ok = run("rebind", rec["port"], "--as", "reuseaddr", "--json")
+    assert ok.exit_code == 0 and ok.json()["free"] is True
     again = start(run, "--port", rec["port"], "--reuseaddr")
     run("kill", again["name"])
 
@@ -114,22 +116,22 @@ def test_two_reuseaddr_binders_conflict_at_listen_not_bind():
         second.close()
 
 
-def test_rebind_wait_times_out_with_exit_4(run):
+def test_wait_times_out_with_exit_4(run):
     holder = socket.create_server(("127.0.0.1", 0))
     try:
-        result = run("rebind", "--port", holder.getsockname()[1], "--wait", "--timeout", "0.3", "--json")
+        result = run("wait", holder.getsockname()[1], "--timeout", "0.3", "--json")
     finally:
         holder.close()
     assert result.exit_code == 4
     assert result.json()["waited_s"] >= 0.3
 
 
-def test_rebind_wait_succeeds_once_the_listener_goes(run, sub, tmp_path):
+def test_wait_succeeds_once_the_listener_goes(run, sub, tmp_path):
     import subprocess
     import sys
 
     rec = start(run)
-    waiter = subprocess.Popen([sys.executable, "-m", "addrinuse", "rebind", "--port", str(rec["port"]), "--wait",
+    waiter = subprocess.Popen([sys.executable, "-m", "addrinuse", "wait", str(rec["port"]),
                                "--timeout", "20", "--json"], stdout=subprocess.PIPE, text=True)
     try:
         run("kill", rec["name"])
@@ -138,17 +140,18 @@ def test_rebind_wait_succeeds_once_the_listener_goes(run, sub, tmp_path):
         if waiter.poll() is None:
             waiter.kill()
             waiter.wait()
-    assert waiter.returncode == 0 and json.loads(out)["ok"] is True
+    assert waiter.returncode == 0 and json.loads(out)["free"] is True
 
 
 def test_kill_shows_the_table_for_the_port(run):
     rec = start(run)
-    run("connect", "--port", rec["port"], "-n", 2)
+    run("connect", rec["port"], "-n", 2)
     out = run("kill", "--port", rec["port"], "--json").json()
     assert [s["name"] for s in out["stopped"]] == [rec["name"]]
-    # Only the server's side: an earlier test's client may still hold TIME_WAIT with this remote port.
-    states = [e["state"] for e in out["table"][str(rec["port"])] if e["lport"] == rec["port"]]
-    assert states.count("TIME_WAIT") == 2
+    # kill reports only what the server left: entries whose local address:port was the server's.
+    entries = out["stopped"][0]["entries"]
+    assert all((e["laddr"], e["lport"]) == ("127.0.0.1", rec["port"]) for e in entries)
+    assert [e["state"] for e in entries].count("TIME_WAIT") == 2
 
 
 def test_kill_all_ends_every_server(run):
@@ -181,13 +184,13 @@ def test_start_in_use_exit_3_names_the_syscall(run):
 
 def test_table_json_and_state_filter(run):
     rec = start(run, "--close", "never")
-    run("connect", "--port", rec["port"])
+    run("connect", rec["port"])
     wait_local(rec["port"], "CLOSE_WAIT", 1)
     data = run("table", "--port", rec["port"], "--json").json()
     by_state = {e["state"]: e for e in data["entries"]}
     assert {"LISTEN", "CLOSE_WAIT"} <= by_state.keys()
-    assert by_state["LISTEN"]["pid"] == rec["pid"]
-    assert {"laddr", "lport", "raddr", "rport", "state", "pid"} <= by_state["LISTEN"].keys()
+    assert [o["pid"] for o in by_state["LISTEN"]["owners"]] == [rec["pid"]]
+    assert {"laddr", "lport", "raddr", "rport", "state", "owners", "expires_in_s"} <= by_state["LISTEN"].keys()
     only = run("table", "--port", rec["port"], "--state", "close-wait", "--json").json()
     assert [e["state"] for e in only["entries"]] == ["CLOSE_WAIT"]
     text = run("table", "--port", rec["port"]).stdout
@@ -198,9 +201,9 @@ def test_table_json_and_state_filter(run):
 @pytest.mark.skipif(not has_ss(), reason="ss (iproute2) is not installed")
 def test_table_agrees_with_ss(run):
     rec = start(run, "--close", "never")
-    clients = run("connect", "--port", rec["port"], "-n", 3, "--json").json()["local_ports"]
+    clients = run("connect", rec["port"], "-n", 3, "--json").json()["local_ports"]
     wait_local(rec["port"], "CLOSE_WAIT", 3)
-    clients += run("connect", "--port", rec["port"], "-n", 2, "--json").json()["local_ports"]
+    clients += run("connect", rec["port"], "-n", 2, "--json").json()["local_ports"]
     wait_local(rec["port"], "CLOSE_WAIT", 5)
     # The server's ACK of each client FIN may be a delayed ACK (tens of ms): until it lands, the client
     # is in FIN_WAIT1. Compare a settled table, or the two tools see two different instants.

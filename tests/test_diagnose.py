@@ -170,13 +170,13 @@ def test_clear_touches_no_other_state_and_no_other_port(run):
 
     rec = run("start", "--json", "--close", "never").json()
     other = run("start", "--json").json()
-    run("connect", "--port", other["port"], "-n", 2)
+    run("connect", other["port"], "-n", 2)
     run("kill", other["name"])
     h.wait_local(other["port"], "TIME_WAIT", 2)
-    run("connect", "--port", rec["port"], "-n", 2)  # CLOSE_WAIT on rec's port, held by its pid
+    run("connect", rec["port"], "-n", 2)  # CLOSE_WAIT on rec's port, held by its pid
     h.wait_local(rec["port"], "CLOSE_WAIT", 2)
     out = run("clear", rec["port"], "--yes", "--json").json()
-    assert out["total"] == 0
+    assert out["count"] == 0
     assert len(h.local(rec["port"], "CLOSE_WAIT")) == 2 and len(h.local(rec["port"], "LISTEN")) == 1
     assert len(h.local(other["port"], "TIME_WAIT")) == 2
     run("kill", rec["name"])
@@ -206,7 +206,7 @@ def test_wait_exits_4_saying_what_blocks_then_0_when_free(run):
     port = free_port()
     served_then_killed(tcp_server(port), port, b"hello\n")
     out = run("wait", port, "--timeout", "0.3", "--json")
-    assert out.exit_code == 4 and "TIME_WAIT" in out.json()["blocking"] and 0 < out.json()["eta_s"] <= 60
+    assert out.exit_code == 4 and "TIME_WAIT" in out.json()["blocking"] and 0 < out.json()["free_in"]["min_s"] <= 60
     assert run("wait", port, "--as", "reuseaddr", "--timeout", "0.2").exit_code == 4
     if os.geteuid() == 0:
         run("clear", port, "--yes")

@@ -116,7 +116,8 @@ def test_list_and_show(run):
 def test_run_json_report_has_the_documented_keys(run):
     out = run("experiment", "run", "no-connections", "--json")
     assert out.exit_code == 0
-    data = out.json()
+    assert out.json()["passed"] is True and len(out.json()["experiments"]) == 1
+    data = out.json()["experiments"][0]
     assert {"name", "passed", "checks", "ports", "duration_s", "kernel", "sysctls"} <= data.keys()
     assert set(data["sysctls"]) == {"tcp_fin_timeout", "tcp_tw_reuse", "ip_local_port_range", "bindv6only"}
     assert all({"what", "expected", "observed", "ok"} <= c.keys() for c in data["checks"])

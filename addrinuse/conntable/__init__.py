@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, NamedTuple, Protocol
 
 # Linux include/net/tcp_states.h order (TCP_ESTABLISHED = 1 ... TCP_NEW_SYN_RECV = 12); the
 # names are the ones ss and psutil print. NEW_SYN_RECV is a request socket and shows as SYN_RECV.
@@ -37,10 +37,17 @@ FREEING_TIMERS = ("timewait",)
 def last_expiry(entries: Iterable[Entry]) -> float | None:
     """Seconds until the last kernel timer of these entries runs out; None when there are no entries
     or any has no timer (every psutil entry), so callers need not ask the backend first."""
-    left = [e.expires_s for e in entries]
+    left = [e.expires_in_s for e in entries]
     if not left or any(x is None for x in left):
         return None
     return max(left)
+
+
+class Owner(NamedTuple):
+    """A process holding a socket: every holder is listed (a forked worker or a child that inherited
+    the fd holds the same socket, as `ss -p` and `lsof` show)."""
+    pid: int
+    name: str | None
 
 
 @dataclass(frozen=True)
@@ -51,21 +58,31 @@ class Entry:
     raddr: str
     rport: int
     state: str
-    pid: int | None = None
-    process: str | None = None
+    owners: tuple[Owner, ...] = ()
     inode: int | None = None
     uid: int | None = None
     timer: str | None = None  # the kernel's timer kind, e.g. "timewait", "keepalive"
-    expires_s: float | None = None  # time left on that timer
+    expires_in_s: float | None = None  # time left on that timer
     v6only: bool | None = None  # IPV6_V6ONLY of an AF_INET6 socket (netlink only; TIME_WAIT has none)
     cookie: int | None = None  # the kernel's socket cookie (netlink): names exactly this socket
+
+    @property
+    def pid(self) -> int | None:
+        """The first holder's pid (lowest); see owners for all of them."""
+        return self.owners[0].pid if self.owners else None
+
+    @property
+    def process(self) -> str | None:
+        return self.owners[0].name if self.owners else None
 
     @property
     def key(self) -> tuple:
         return (self.family, self.laddr, self.lport, self.raddr, self.rport)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["owners"] = [{"pid": o.pid, "name": o.name} for o in self.owners]
+        return out
 
 
 class Backend(Protocol):

@@ -197,7 +197,7 @@ class NetlinkBackend:
         return Entry(
             family=4 if family == socket.AF_INET else 6, laddr=laddr, lport=sport, raddr=raddr, rport=dport,
             state=name, inode=inode or None, uid=uid, timer=TIMERS.get(timer),
-            expires_s=expires / 1000.0 if timer else None, v6only=v6only, cookie=cookie,
+            expires_in_s=expires / 1000.0 if timer else None, v6only=v6only, cookie=cookie,
         )
 
     def destroy(self, entry: Entry) -> int:

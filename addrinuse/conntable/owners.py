@@ -1,21 +1,25 @@
-"""Which process holds a socket: the pid whose fd table links to socket:[inode].
+"""Which processes hold a socket: every pid whose fd table links to socket:[inode].
 
 This is how psutil and `ss -p` find owners too (psutil._pslinux reads /proc/PID/fd the same way),
 done here for the few inodes of one snapshot: psutil.net_connections() would also re-read every row
-of /proc/net/tcp*, which at 50k TIME_WAIT entries costs hundreds of ms. psutil names the process.
-TIME_WAIT entries have inode 0: no process holds them."""
+of /proc/net/tcp*, which at 50k TIME_WAIT entries costs hundreds of ms. A socket can have several
+holders (pre-fork workers, a child that inherited the listener without FD_CLOEXEC): all are listed,
+in pid order. TIME_WAIT entries have inode 0: no process holds them."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 
-from addrinuse.conntable import Entry
+from addrinuse.conntable import Entry, Owner
 
 
-def socket_owners(inodes: set[int]) -> dict[int, int]:
-    """inode -> pid for the given socket inodes (first holder found; a forked child may share it)."""
-    found: dict[int, int] = {}
+def socket_owners(inodes: set[int]) -> dict[int, list[int]]:
+    """inode -> every pid holding it (sorted). The whole of /proc is read: a socket's holders can be
+    anywhere, so stopping at the first one found would miss the workers."""
+    found: dict[int, set[int]] = {}
+    if not inodes:
+        return {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -31,24 +35,21 @@ def socket_owners(inodes: set[int]) -> dict[int, int]:
                 continue
             if target.startswith("socket:["):
                 inode = int(target[8:-1])
-                if inode in inodes and inode not in found:
-                    found[inode] = int(name)
-        if len(found) == len(inodes):
-            break
-    return found
+                if inode in inodes:
+                    found.setdefault(inode, set()).add(int(name))
+    return {inode: sorted(pids) for inode, pids in found.items()}
 
 
 def process_name(pid: int) -> str | None:
-    import psutil
-
     try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
         return None
 
 
 def attach_owners(entries: list[Entry]) -> list[Entry]:
     owners = socket_owners({e.inode for e in entries if e.inode})
-    names = {pid: process_name(pid) for pid in set(owners.values())}
-    return [replace(e, pid=owners[e.inode], process=names[owners[e.inode]]) if e.inode in owners else e
+    names = {pid: process_name(pid) for pids in owners.values() for pid in pids}
+    return [replace(e, owners=tuple(Owner(pid, names[pid]) for pid in owners[e.inode])) if e.inode in owners else e
             for e in entries]

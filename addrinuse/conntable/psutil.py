@@ -10,7 +10,7 @@ from typing import Iterable
 
 import psutil
 
-from addrinuse.conntable import Entry, matches, normalize_states, sort_key
+from addrinuse.conntable import Entry, Owner, matches, normalize_states, sort_key
 
 # psutil spells the kernel's TCP_CLOSE "CLOSE" and request sockets "SYN_RECV".
 _STATE = {psutil.CONN_CLOSE: "CLOSED", psutil.CONN_NONE: "CLOSED"}
@@ -34,7 +34,8 @@ class PsutilBackend:
             entry = Entry(
                 family=4 if conn.family == socket.AF_INET else 6,
                 laddr=conn.laddr.ip, lport=conn.laddr.port, raddr=raddr, rport=rport,
-                state=_STATE.get(conn.status, conn.status), pid=conn.pid, process=self._name(conn.pid),
+                state=_STATE.get(conn.status, conn.status),
+                owners=(Owner(conn.pid, self._name(conn.pid)),) if conn.pid else (),
             )
             if matches(entry, port, wanted, local):
                 out.append(entry)

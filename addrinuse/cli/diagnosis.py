@@ -1,0 +1,188 @@
+"""Commands about one port that will not bind: rebind, why, wait, clear."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from addrinuse.cli.app import cli, emit
+from addrinuse.cli.options import PortType, as_option, backend_option, host_option, interval_option, json_option, timeout_option
+from addrinuse.errors import EXIT_FAILED, EXIT_IN_USE, EXIT_TIMEOUT, BadInput
+
+port_argument = click.argument("port", type=PortType(allow_zero=False))
+
+
+def records(ctx: click.Context):
+    """The servers this tool started (from the state dir), to name them in a verdict."""
+    from addrinuse.registry import Registry
+
+    return Registry(ctx.find_root().obj.get("state_dir")).load()[0]
+
+
+@cli.command()
+@port_argument
+@host_option
+@as_option
+@json_option
+@click.pass_context
+def rebind(ctx, port, host, bind_as, as_json):
+    """Bind AND listen on PORT as a new server would, then release at once.
+
+    Exit 0 bound, 3 address in use, 1 another error. To wait until it binds: addrinuse wait.
+
+    \b
+    Example:
+      addrinuse rebind 8080 --as reuseaddr
+    """
+    from addrinuse.diagnose import MODES
+    from addrinuse.render.tables import probe as render_probe
+    from addrinuse.sockets import probe, resolve
+
+    resolve(host)
+    result = probe(host, port, MODES[bind_as])
+    if as_json:
+        emit({"host": host, "port": port, "as": bind_as, "free": result.ok, "probe": result.to_dict()})
+    else:
+        click.echo(render_probe(result))
+    if not result.ok:
+        ctx.exit(EXIT_IN_USE if result.error == "EADDRINUSE" else EXIT_FAILED)
+
+
+@cli.command()
+@port_argument
+@host_option
+@as_option
+@backend_option
+@json_option
+@click.pass_context
+def why(ctx, port, host, bind_as, backend, as_json):
+    """Why PORT cannot be bound, when it frees, and the fix (exit 0 free, 3 blocked).
+
+    Probes bind+listen plain, with SO_REUSEADDR and with SO_REUSEPORT; lists the listeners (every pid,
+    name, command line, user), the entries the kernel still holds and when they end, any dual-stack
+    overlap, and whether the port lies in ip_local_port_range.
+
+    \b
+    Example:
+      addrinuse why 8080 --as reuseaddr
+    """
+    from addrinuse.diagnose import diagnose
+    from addrinuse.render.diagnosis import diagnosis
+
+    d = diagnose(port, host, bind_as, backend, records=records(ctx))
+    if as_json:
+        emit(d.to_dict())
+    else:
+        click.echo(diagnosis(d))
+    if not d.free:
+        ctx.exit(EXIT_IN_USE)
+
+
+@cli.command()
+@port_argument
+@host_option
+@as_option
+@timeout_option("Give up after this long (exit 4).")
+@interval_option("Seconds between bind attempts.")
+@backend_option
+@json_option
+@click.pass_context
+def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
+    """Block until PORT can be bound the way your server binds it (exit 0 free, 4 timed out).
+
+    For CI scripts before a restart; on a terminal a countdown from the kernel's timers.
+
+    \b
+    Example:
+      addrinuse wait 8080 --as plain --timeout 70 && ./start-server
+    """
+    from addrinuse.cli.progress import Countdown
+    from addrinuse.diagnose import MODES, diagnose, port_estimate
+    from addrinuse.render.tables import estimate_text
+    from addrinuse.sockets import probe, resolve, wait_until_bindable
+
+    resolve(host)
+    opts = MODES[bind_as]
+    first = probe(host, port, opts)
+    estimate = None
+    waited = 0.0
+    result = first
+    if not first.ok:
+        estimate = port_estimate(port, host, backend)
+        if not as_json:
+            click.echo(f"waiting for port {port}: frees {estimate_text(estimate)}", err=True)
+        with Countdown(None if not as_json else False) as countdown:
+            result, waited = wait_until_bindable(
+                host, port, opts, timeout, interval,
+                lambda r, w: countdown(f"waited {w:.1f} s of {timeout:g}; the kernel's estimate was "
+                                       f"{estimate_text(estimate)}"))
+    blocking = None if result.ok else diagnose(port, host, bind_as, backend, records=records(ctx))
+    if as_json:
+        emit({"host": host, "port": port, "as": bind_as, "free": result.ok, "waited_s": round(waited, 3),
+              "free_in": estimate.to_dict() if estimate else None,
+              "blocking": blocking.verdict if blocking else None})
+    elif result.ok:
+        click.echo(f"port {port} is free for {bind_as} after {waited:.2f} s")
+    else:
+        click.echo(f"port {port} still blocked after {waited:.1f} s: {blocking.verdict}")
+    if not result.ok:
+        ctx.exit(EXIT_TIMEOUT)
+
+
+@cli.command()
+@port_argument
+@click.option("--host", default=None, help="Only entries with this local address (default: any).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+def clear(ctx, port, host, yes, as_json):
+    """Destroy PORT's TIME_WAIT (and orphaned FIN_WAIT2) entries with SOCK_DESTROY, as ss -K does.
+
+    Touches no other state and no other port. Needs root and CONFIG_INET_DIAG_DESTROY; a refusal
+    by the kernel is an error (exit 1), never silent. Answering no clears nothing (exit 1).
+
+    \b
+    Example:
+      addrinuse clear 8080 --yes
+    """
+    from addrinuse.conntable import get_backend
+    from addrinuse.conntable.match import same_address
+    from addrinuse.destroy import clear as destroy_entries, clearable
+    from addrinuse.sockets import resolve
+
+    address = resolve(host)[1] if host else None
+
+    def targets_now():
+        found = clearable(backend.snapshot(port, ["TIME_WAIT", "FIN_WAIT2"], local=True), port)
+        return [e for e in found if address is None or same_address(address, e.laddr)]
+
+    backend = get_backend("netlink")
+    try:
+        targets = targets_now()
+        if targets and not yes:
+            if not sys.stdin.isatty():
+                raise BadInput(f"{len(targets)} entries would be destroyed but stdin is not a terminal: pass --yes")
+            states = ", ".join(f"{sum(e.state == s for e in targets)} {s}" for s in ("TIME_WAIT", "FIN_WAIT2")
+                               if any(e.state == s for e in targets))
+            if not click.confirm(f"destroy {states} entries of local port {port}?"):
+                if as_json:
+                    emit({"port": port, "host": host, "destroyed": {}, "count": 0, "already_gone": 0,
+                          "left": len(targets), "refused_by_user": True})
+                else:
+                    click.echo("nothing cleared")
+                ctx.exit(EXIT_FAILED)
+        report = destroy_entries(backend, targets, port)
+        left = targets_now()
+    finally:
+        backend.close()
+    if as_json:
+        emit({"port": port, "host": host, "destroyed": report.destroyed, "count": report.total,
+              "already_gone": report.already_gone, "left": len(left), "refused_by_user": False})
+        return
+    if not targets:
+        click.echo(f"nothing to clear: no TIME_WAIT or orphaned FIN_WAIT2 entry holds local port {port}")
+        return
+    detail = ", ".join(f"{n} {s}" for s, n in report.destroyed.items()) or "none"
+    gone = f"; {report.already_gone} had expired meanwhile" if report.already_gone else ""
+    click.echo(f"destroyed {report.total} entries of local port {port} ({detail}){gone}; {len(left)} left")

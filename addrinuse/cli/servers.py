@@ -1,0 +1,244 @@
+"""Commands that start and stop real processes: start, connect, kill, servers, demo."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from addrinuse.cli.app import cli, emit
+from addrinuse.cli.options import PortType, clients_option, host_option, json_option, public_option
+from addrinuse.errors import EXIT_FAILED, BadInput
+
+
+def registry(ctx: click.Context):
+    from addrinuse.registry import Registry
+
+    return Registry(ctx.find_root().obj.get("state_dir"))
+
+
+def report_problems(problems) -> None:
+    for problem in problems:
+        click.echo(f"addrinuse: warning: {problem.reason}", err=True)
+
+
+def ports_text(ports: list[int]) -> str:
+    return ", ".join(map(str, ports[:10])) + (f" (+{len(ports) - 10} more)" if len(ports) > 10 else "")
+
+
+def hold_until_interrupt(announce) -> None:
+    """Announce, then block until SIGINT, SIGTERM or SIGHUP, which end the wait normally. The
+    announcement happens inside the guarded region: a signal right after it still ends cleanly."""
+    try:
+        announce()
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@host_option
+@click.option("--port", type=PortType(), default=0, show_default=True, help="Port to listen on; 0 lets the kernel pick.")
+@click.option("--reuseaddr/--no-reuseaddr", default=False, show_default=True, help="Set SO_REUSEADDR before bind().")
+@click.option("--reuseport", is_flag=True, help="Set SO_REUSEPORT before bind().")
+@click.option("--close", "close_policy", type=click.Choice(["server-first", "client-first", "never"]),
+              default="server-first", show_default=True, help="Who closes each accepted connection first.")
+@click.option("--linger0", is_flag=True, help="SO_LINGER {on, 0} on accepted sockets: close() sends RST, no TIME_WAIT.")
+@click.option("--name", help="Name for the server record (default srv-PORT): letters, digits, '.', '_', '-'.")
+@click.option("--foreground", is_flag=True, help="Serve in this process until Ctrl-C.")
+@public_option
+@json_option
+@click.pass_context
+def start(ctx, host, port, reuseaddr, reuseport, close_policy, linger0, name, foreground, allow_public, as_json):
+    """Start a real server process that listens, accepts and follows a close policy.
+
+    Returns once the server listens and is recorded. Default: no SO_REUSEADDR, server closes first.
+
+    \b
+    Example:
+      addrinuse start --port 8080 --close server-first
+    """
+    from addrinuse.control import run_foreground, start_server
+    from addrinuse.server import ServerConfig
+    from addrinuse.sockets import require_loopback
+
+    require_loopback(host, allow_public)
+    config = ServerConfig(host=host, port=port, close=close_policy, reuseaddr=reuseaddr,
+                          reuseport=reuseport, linger0=linger0)
+    reg = registry(ctx)
+
+    def announce(record):
+        if as_json:
+            emit(record.to_dict())
+        else:
+            opts = (f"SO_REUSEADDR {'on' if record.reuseaddr else 'off'}, "
+                    f"SO_REUSEPORT {'on' if record.reuseport else 'off'}" + (", SO_LINGER 0" if record.linger0 else ""))
+            click.echo(f"started {record.name} pid {record.pid} on {host}:{record.port}\n  ({opts}, close={record.close})")
+        if foreground:
+            click.echo("serving in the foreground. Ctrl-C to end.", err=as_json)
+
+    if foreground:
+        run_foreground(reg, config, name, announce)
+        click.echo("stopped; sockets closed", err=as_json)
+    else:
+        announce(start_server(reg, config, name))
+
+
+@cli.command()
+@click.argument("port", type=PortType(allow_zero=False))
+@host_option
+@clients_option()
+@click.option("--hold", is_flag=True, help="Keep the connections open until Ctrl-C (then the client closes first).")
+@public_option
+@json_option
+def connect(port, host, clients, hold, allow_public, as_json):
+    """Open real client connections to the server on PORT.
+
+    By default each sends a line, waits for the server's close (if it closes first) and closes.
+
+    \b
+    Example:
+      addrinuse connect 8080 -n 23
+    """
+    from addrinuse.client import close_all, converse, open_connections
+    from addrinuse.sockets import require_loopback
+
+    require_loopback(host, allow_public)
+    if hold:
+        socks = open_connections(host, port, clients)
+        ports = [s.getsockname()[1] for s in socks]
+
+        def announce():
+            if as_json:
+                emit({"host": host, "port": port, "clients": clients, "local_ports": ports, "holding": True})
+            click.echo(f"holding {clients} connections to {host}:{port} from ports {ports_text(ports)}. Ctrl-C to end.",
+                       err=as_json)
+
+        try:
+            hold_until_interrupt(announce)
+        finally:
+            close_all(socks)
+        click.echo(f"closed {clients} connections (the client closed first)", err=as_json)
+        return
+    result = converse(host, port, clients)
+    if as_json:
+        emit(result.to_dict())
+        return
+    click.echo(f"{clients} connections to {host}:{port} from ports {ports_text(result.local_ports)}")
+    if result.policy == "server-first":
+        click.echo(f"the server closed {result.server_closed_first} of {clients} first: TIME_WAIT lands on port {port}")
+    elif result.policy:
+        click.echo(f"the server's policy is close={result.policy}: the client closed first")
+    else:
+        click.echo("the server is not an addrinuse server; the client closed after its answer")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--port", type=PortType(allow_zero=False), help="Stop this tool's servers on this port.")
+@click.option("--all", "everything", is_flag=True, help="Stop every server this tool started.")
+@click.option("--signal", "sig", type=click.Choice(["TERM", "KILL", "INT"]), default="TERM", show_default=True,
+              help="The signal to send: TERM (graceful), INT, or KILL (no cleanup by the server).")
+@click.option("--timeout", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+              help="How long to wait for each server to exit. 0 does not wait.")
+@json_option
+@click.pass_context
+def kill(ctx, name, port, everything, sig, timeout, as_json):
+    """Stop servers this tool started (only those), then show what they left in the table.
+
+    A record whose pid now belongs to another process is refused and removed, never signalled.
+
+    \b
+    Example:
+      addrinuse kill srv-8080
+    """
+    from addrinuse.conntable import get_backend
+    from addrinuse.control import stop_servers
+    from addrinuse.render.tables import table
+
+    if sum(x is not None and x is not False for x in (name, port, everything)) > 1:
+        raise BadInput("give only one of NAME, --port N or --all")
+    report = stop_servers(registry(ctx), name, port, everything, getattr(signal, f"SIG{sig}"), timeout)
+    report_problems(report.problems)
+    source = get_backend("auto")
+    try:
+        # Only what the stopped servers left: entries whose local address:port was theirs.
+        left = {o.record.name: [e for e in source.snapshot(o.record.port, local=True) if o.owns(e)]
+                for o in report.stopped}
+    finally:
+        source.close()
+    if as_json:
+        emit({"stopped": [{**o.to_dict(), "signal": sig, "entries": [e.to_dict() for e in left[o.record.name]]}
+                          for o in report.stopped],
+              "problems": [p.reason for p in report.problems]})
+    else:
+        for o in report.stopped:
+            if o.exited:
+                click.echo(f"stopped {o.record.name} (pid {o.record.pid}, SIG{sig}) in {o.waited_s * 1000:.0f} ms")
+            else:
+                click.echo(f"{o.record.name} (pid {o.record.pid}) still runs {timeout:g} s after SIG{sig}: "
+                           f"try --signal KILL")
+            entries = left[o.record.name]
+            click.echo(f"  it left {len(entries)} entries on {o.record.host}:{o.record.port}" + (":" if entries else ""))
+            if entries:
+                click.echo(table(entries, timers=source.has_timers))
+        if not report.stopped and not report.problems:
+            click.echo("no servers to stop")
+    if any(not o.exited for o in report.stopped):
+        ctx.exit(EXIT_FAILED)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def servers(ctx, as_json):
+    """List the servers this tool started that still run (stale records are reported and removed).
+
+    \b
+    Example:
+      addrinuse servers
+    """
+    records, problems = registry(ctx).load()
+    report_problems(problems)
+    if as_json:
+        emit({"servers": [r.to_dict() for r in records], "problems": [p.reason for p in problems]})
+        return
+    click.echo(f"{'NAME':<20} {'PID':>7}  {'ADDRESS':<24} {'REUSEADDR':<9} {'CLOSE':<12}")
+    for r in records:
+        address = f"[{r.host}]:{r.port}" if ":" in r.host else f"{r.host}:{r.port}"
+        click.echo(f"{r.name[:20]:<20} {r.pid:>7}  {address:<24} {'on' if r.reuseaddr else 'off':<9} {r.close:<12}")
+
+
+@cli.command()
+@host_option
+@clients_option(default=5)
+@json_option
+@click.pass_context
+def demo(ctx, host, clients, as_json):
+    """The canonical reproduction: server closes first, is killed, and the restart fails.
+
+    Every line comes from what happened on this machine's kernel. Loopback only.
+
+    \b
+    Example:
+      addrinuse demo
+    """
+    from addrinuse.demo import run_demo
+    from addrinuse.sockets import require_loopback
+
+    require_loopback(host, False, hint="demo runs on loopback only: use 127.0.0.1 or ::1")
+
+    def show(step):
+        if not as_json:
+            click.echo(f"{step.title}\n" + "\n".join(f"   {line}" for line in step.lines))
+
+    result = run_demo(registry(ctx), host, clients, show)
+    if as_json:
+        emit(result.to_dict())
+    elif result.reproduced:
+        click.echo("reproduced: EADDRINUSE with the old socket closed, caused by its TIME_WAIT entries")
+    else:
+        click.echo("NOT reproduced: see the steps above for what this kernel did instead")
+    if not result.reproduced:
+        ctx.exit(EXIT_FAILED)
