@@ -17,12 +17,16 @@ report    an experiment report dict {"name", "purpose", "passed", "skipped": nul
           "explain", "steps", optional "figures": [{"kind": "sequence" | "counts", ...that shape}]}
 """
 
-from addrinuse.figures.adapt import CountRecorder, closeseq_to_sequence, demo_report
-from addrinuse.figures.checks import checks_svg
-from addrinuse.figures.counts import counts_svg
-from addrinuse.figures.report import figures_for, report_html
-from addrinuse.figures.sequence import sequence_svg
-from addrinuse.figures.write import ReportFiles, write_report, write_svg
+# Imported on first use (PEP 562): `watch --svg` loads the count chart, not the report or the sequence.
+_HOME = {"CountRecorder": "adapt", "closeseq_to_sequence": "adapt", "demo_report": "adapt", "checks_svg": "checks",
+         "counts_svg": "counts", "figures_for": "report", "report_html": "report", "sequence_svg": "sequence",
+         "ReportFiles": "write", "write_report": "write", "write_svg": "write"}
+__all__ = sorted(_HOME)
 
-__all__ = ["CountRecorder", "ReportFiles", "checks_svg", "closeseq_to_sequence", "counts_svg", "demo_report",
-           "figures_for", "report_html", "sequence_svg", "write_report", "write_svg"]
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'addrinuse.figures' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"addrinuse.figures.{_HOME[name]}"), name)

@@ -6,7 +6,7 @@ shape. CountRecorder: successive connection-table snapshots (what `watch` polls)
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def _endpoint(addr: str, port: int) -> str:

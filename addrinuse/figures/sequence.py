@@ -77,7 +77,8 @@ def sequence_svg(data: dict, id_prefix: str = "seq") -> str:
     side = {e["id"]: (-1 if i == 0 and len(ends) > 1 else 1) for i, e in enumerate(ends)}
 
     # Header: the title, then each lane's label (wrapped to two lines at most).
-    lane_lines = {e["id"]: wrap(e["label"], 310, 13, max_lines=2) for e in ends}
+    room = 310 if len(ends) < 3 else (LANES_RIGHT - LANES_LEFT) / (len(ends) - 1) - 16
+    lane_lines = {e["id"]: wrap(e["label"], room, 13, max_lines=2) for e in ends}
     header_bottom = 56 + LINE_H * max(len(v) for v in lane_lines.values())
     times = _rows(data)
     y_of: dict[float, float] = {}
@@ -220,15 +221,20 @@ def _segment(svg: Svg, s: dict, x_of: dict, y_of: dict, labels: _Labels) -> None
     parts.insert(0, svg.el("title", esc(f"{s['label']} ({kind}) {s['from']} -> {s['to']}, sent {s['t_s']:.6f} s, "
                                          f"{arrive}")))
     # The label sits on the line, at the first spot along it that no other label occupies.
-    w = text_width(s["label"], FONT_PX) + 6
+    label = s["label"]
+    room = max(abs(x2 - x1) - 10, 40)
+    if text_width(label, FONT_PX) > room:  # the whole label stays in the <title>
+        label = label[:max(1, int(room / (FONT_PX * 0.62)) - 1)] + "…"
+    w = text_width(label, FONT_PX) + 6
     rise = abs((y2 - y1) / (x2 - x1 or 1)) * w / 2 + 5  # above the line, clear of it along the label's width
-    for f in (0.5, 0.35, 0.65, 0.25, 0.75, 0.5):
-        lx, ly = x1 + (x2 - x1) * f, y1 + (y2 - y1) * f - rise
+    spots = [(f, dy) for dy in (0, -15, 15) for f in (0.5, 0.35, 0.65, 0.25, 0.75)] + [(0.5, 0)]
+    for f, dy in spots:  # along the line first, then just above or below it; else the middle
+        lx, ly = x1 + (x2 - x1) * f, y1 + (y2 - y1) * f - rise + dy
         box = (lx - w / 2, ly - 11, lx + w / 2, ly + 3)
         if labels.free(*box):
             break
     labels.take(box)
-    parts.append(svg.text(lx, ly, s["label"], role=role, anchor="middle", bold=True, halo=True))
+    parts.append(svg.text(lx, ly, label, role=role, anchor="middle", bold=True, halo=True))
     svg.raw(svg.el("g", "".join(parts), data_role="segment", data_kind=kind))
 
 
