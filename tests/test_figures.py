@@ -26,6 +26,7 @@ from tests.helpers import wait_for
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "figures"
+STALE = "docs/figures is stale: redraw it with .venv/bin/python docs/figures/generate.py --render"
 
 LOST_FINAL_ACK = {
     "title": "lost-final-ack (synthetic)",
@@ -145,7 +146,7 @@ def test_sequence_from_the_committed_real_run():
     """docs/figures/close-sequence.json is a real run (generate.py): its figure is the committed one."""
     result = json.loads((DOCS / "close-sequence.json").read_text())
     _check_real_sequence(result)
-    assert sequence_svg(closeseq_to_sequence(result)) == (DOCS / "close-sequence.svg").read_text()
+    assert sequence_svg(closeseq_to_sequence(result)) == (DOCS / "close-sequence.svg").read_text(), STALE
 
 
 # -- the count over time ----------------------------------------------------------------------------
@@ -226,7 +227,7 @@ def test_counts_recorded_from_the_real_table():
 def test_counts_from_the_committed_real_run():
     data = json.loads((DOCS / "time-wait-count.json").read_text())
     root = parse(counts_svg(data))
-    assert counts_svg(data) == (DOCS / "time-wait-count.svg").read_text()
+    assert counts_svg(data) == (DOCS / "time-wait-count.svg").read_text(), STALE
     assert all(p["vanished_s"] is not None and p["vanished_s"] - p["from_s"] >= 60 for p in data["predicted_ends"])
     assert len(by_role(root, "predicted-end")) == len(data["predicted_ends"])
 
@@ -284,7 +285,7 @@ def test_write_report_creates_the_directory_and_never_follows_a_planted_symlink(
     assert names == ["lost-final-ack-checks.svg", "lost-final-ack-sequence-1.svg", "report.html"]
     for path in files.figures:
         parse(path.read_text())
-    assert files.bytes == sum(p.stat().st_size for p in out.iterdir())
+    assert files.total_bytes == sum(p.stat().st_size for p in out.iterdir())
     # A symlink planted where the report goes is replaced, its target untouched.
     victim = tmp_path / "victim"
     victim.write_text("keep me")
@@ -304,7 +305,11 @@ def test_write_report_refuses_a_path_that_is_not_a_directory(tmp_path):
         write_report(plain, [FAILED_REPORT])
     with pytest.raises(ReportPathError, match="Not a directory"):
         write_report(plain / "sub", [FAILED_REPORT])
-    assert plain.read_text() == "x"
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ReportPathError, match="symlink to nothing"):
+        write_report(dangling, [FAILED_REPORT])
+    assert plain.read_text() == "x" and not (tmp_path / "nowhere").exists()
 
 
 def test_write_svg_replaces_atomically_and_refuses_bad_paths(tmp_path):

@@ -41,8 +41,8 @@ def closeseq_to_sequence(result: dict, title: str | None = None) -> dict:
            "ends": ends, "states": [], "segments": [], "notes": []}
     if trace is None:
         out["states"] = _poll_states(result)
-        out["notes"].append(f"No segments: the kernel tracepoint was unavailable "
-                            f"({result.get('trace_unavailable') or 'unknown reason'}); states seen by polling "
+        out["notes"].append(f"No segments: the kernel tracepoint was unavailable here "
+                            f"[{result.get('trace_unavailable') or 'no reason given'}]; states seen by polling "
                             f"every {result.get('interval_s', 0) * 1000:g} ms.")
         return out
     active, passive = trace.get("active", []), trace.get("passive", [])

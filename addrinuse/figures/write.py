@@ -24,7 +24,7 @@ class ReportFiles:
     directory: Path
     report: Path
     figures: list[Path] = field(default_factory=list)
-    bytes: int = 0  # report.html plus every figure
+    total_bytes: int = 0  # report.html plus every figure
 
 
 def _refuse(path, err: OSError, fix: str) -> ReportPathError:
@@ -36,6 +36,8 @@ def _open_dir(path: Path) -> int:
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ReportPathError(str(path), "is a symlink to nothing", "remove it or give another directory") from None
         st = None
     except OSError as err:
         raise _refuse(path, err, "give a directory you can write to") from err
