@@ -24,7 +24,6 @@ LANES_LEFT, LANES_RIGHT = 320, 640
 ROW_MIN, ROW_PER_DECADE = 26.0, 4.5  # px for a 1 µs gap, + px per decade of the real gap
 SLANT = ROW_MIN / 2  # an arrival time not given: a small fixed slant
 LINE_H = 15
-KIND_ROLE = {"normal": "normal", "retransmit": "retransmit", "lost": "lost", "rst": "rst"}
 KIND_TEXT = {"normal": "segment", "retransmit": "retransmitted segment (dashed)",
              "lost": "lost segment: dropped before the other end (×)", "rst": "RST (thick)"}
 
@@ -49,6 +48,12 @@ def _key(t: float) -> float:
 def _gap_px(gap: float) -> float:
     decades = math.log10(gap / 1e-6) if gap > 1e-6 else 0.0
     return ROW_MIN + ROW_PER_DECADE * min(decades, 8.0)
+
+
+def _mark_y(state: dict, y_of: dict) -> float:
+    """A state's mark: on its row, or halfway along its bracket."""
+    end = state["t_max_s"] if state["t_max_s"] is not None else state["t_s"]
+    return (y_of[_key(state["t_s"])] + y_of[_key(end)]) / 2
 
 
 def _time_label(t: float) -> str:
@@ -88,7 +93,7 @@ def sequence_svg(data: dict, id_prefix: str = "seq") -> str:
             y += _gap_px(t - times[i - 1])
         y_of[t] = y
     rows_bottom = y + 30
-    kinds = sorted({s["kind"] for s in data["segments"]}, key=list(KIND_ROLE).index)
+    kinds = sorted({s["kind"] for s in data["segments"]}, key=shapes.SEGMENT_KINDS.index)
     sources = {"trace" if s["source"] == "trace" else "poll" for s in data["states"]}
     sources |= {"bracket" for s in data["states"] if s["t_max_s"] is not None}
     notes = [*data["notes"], "Rows are observed times in order, not to scale: the gap between two rows grows with "
@@ -118,8 +123,7 @@ def sequence_svg(data: dict, id_prefix: str = "seq") -> str:
         svg.raw(svg.text(x, 58, lane_lines[e["id"]], size=13, bold=True, anchor="middle", line_h=LINE_H,
                          data_role="lane-label", data_end=e["id"]))
         svg.raw(svg.line(x, lane_top, x, lane_bottom, role="lane", width=2))
-    marks = {(x_of[s["end"]], (y_of[_key(s["t_s"])] + y_of[_key(s["t_max_s"] if s["t_max_s"] is not None else s["t_s"])]) / 2)
-             for s in data["states"]}
+    marks = {(x_of[s["end"]], _mark_y(s, y_of)) for s in data["states"]}
     for i in range(1, len(times)):
         if times[i] - times[i - 1] >= 1:
             yb = (y_of[times[i - 1]] + y_of[times[i]]) / 2
@@ -155,7 +159,7 @@ def _state(svg: Svg, s: dict, x: float, side: int, y_of: dict, labels: _Labels, 
     y0 = y_of[_key(s["t_s"])]
     bracket = s["t_max_s"] is not None
     y1 = y_of[_key(s["t_max_s"])] if bracket else y0
-    ym = (y0 + y1) / 2
+    ym = _mark_y(s, y_of)
     when = (f"between {s['t_s']:.6f} and {s['t_max_s']:.6f} s" if bracket else f"at {s['t_s']:.6f} s")
     how = "kernel tracepoint" if s["source"] == "trace" else f"{s['source']}"
     tip = f"{_end_label(ends, s['end'])}: {s['state']} {when} ({how})"
@@ -198,7 +202,7 @@ def _arrowhead(svg: Svg, x1, y1, x2, y2, role: str) -> str:
 
 
 def _segment(svg: Svg, s: dict, x_of: dict, y_of: dict, labels: _Labels) -> None:
-    role, kind = KIND_ROLE[s["kind"]], s["kind"]
+    role = kind = s["kind"]  # each kind has its palette role of the same name
     x1, x2 = x_of[s["from"]], x_of[s["to"]]
     y1 = y_of[_key(s["t_s"])]
     y2 = y_of[_key(s["t_arrive_s"])] if s["t_arrive_s"] is not None else y1 + SLANT
@@ -283,7 +287,7 @@ def _legend(svg: Svg, y: float, kinds: list[str], sources: set) -> None:
             svg.raw(svg.el("path", d=f"M{x + 10} {yy - 10}L{x + 16} {yy - 4}L{x + 10} {yy + 2}L{x + 4} {yy - 4}Z",
                                fill="none", stroke_width=2, **svg.paint("fg", "stroke")))
         else:
-            role = KIND_ROLE[what]
+            role = what
             end = x + 18 if what == "lost" else x + 24
             svg.raw(svg.line(x, yy - 4, end, yy - 4, role=role, width=3 if what == "rst" else 2,
                                  dash="5 3" if what == "retransmit" else None))
