@@ -136,3 +136,19 @@ def _strerror(err: int) -> str:
     import os
 
     return os.strerror(err)
+
+
+class ReportPathError(BadInput):
+    """A --report/--svg destination that cannot be used (exists as a non-directory, not writable)."""
+
+    def __init__(self, path: str, problem: str, fix: str):
+        self.path = path
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+class FigureInputError(AddrinuseError):
+    """A figure's input does not have the documented shape (a producer's bug, exit 1): names the field."""
+
+    def __init__(self, figure: str, field: str, problem: str):
+        self.figure, self.field = figure, field
+        super().__init__(f"{figure} figure: {field}: {problem}")
