@@ -103,7 +103,7 @@ class CountRecorder:
 
     Samples are kept only when a count changes (plus the last poll), so an hour of polling costs what
     its changes cost. For each TIME_WAIT entry the kernel's predicted end is an interval: with a timer
-    (sock_diag), seen + expires_s to that + the timer wheel's slack; a timer that jumps back later
+    (sock_diag), seen + expires_in_s to that + the timer wheel's slack; a timer that jumps back later
     (a retransmitted FIN restarts the 60 s, tcp_timewait_state_process) moves the prediction. Without
     timers (psutil): 60 s after the entry appeared, bracketed by the poll before. from_s is when it
     entered TIME_WAIT (negative: before the first poll); vanished_s is the first poll that no longer
@@ -131,7 +131,7 @@ class CountRecorder:
                 continue
             key = f"{_endpoint(_get(e, 'laddr'), _get(e, 'lport'))}->{_endpoint(_get(e, 'raddr'), _get(e, 'rport'))}"
             present.add(key)
-            left = _get(e, "expires_s")
+            left = _get(e, "expires_in_s")
             if left is not None:  # the kernel's own timer
                 began, lo, hi = t_s + left - TCP_TIMEWAIT_LEN_S, t_s + left, t_s + left + TIMER_WHEEL_SLACK_S
             elif self._prev_t is None:  # there before the first poll, no timer: it began up to 60 s ago
