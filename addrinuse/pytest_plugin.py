@@ -60,7 +60,13 @@ def assert_bind_fails():
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed and call.excinfo is not None:
-        report.sections.extend(diagnosis_sections(call.excinfo.value, getattr(item, "funcargs", None) or {}))
+        for name, text in diagnosis_sections(call.excinfo.value, getattr(item, "funcargs", None) or {}):
+            # A section of the failure itself (printed after the traceback, as report.sections are)
+            # also reaches the <failure> text of --junit-xml, which report.sections never do.
+            if hasattr(report.longrepr, "addsection"):
+                report.longrepr.addsection(name, text)
+            else:
+                report.sections.append((name, text))
     return report
 
 

@@ -71,6 +71,14 @@ def test_disabled_with_p_no(pytester):
     assert SECTION not in result.stdout.str()
 
 
+def test_section_reaches_junit_xml_and_xdist(pytester):
+    result = inner(pytester, LISTENER_TEST, "-n", "1", "--junit-xml=report.xml")
+    result.assert_outcomes(failed=1)
+    assert "is listening on it" in section(result)  # shipped from the xdist worker
+    xml = (pytester.path / "report.xml").read_text()
+    assert "addrinuse diagnosis" in xml and "is listening on it" in xml
+
+
 def test_time_wait_diagnosis_from_socket_call_error(pytester):
     """TIME_WAIT from the fixture, EADDRINUSE from the library (SocketCallError carries the port)."""
     result = inner(pytester, """
