@@ -7,6 +7,7 @@ fixtures directly: the plugin is installed in this venv, so this session has the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import shutil
@@ -19,6 +20,7 @@ import sys
 import pytest
 
 from addrinuse.errors import BadInput
+from addrinuse.server import ServerConfig
 from addrinuse.testing import PortAssertion, ServerFactory
 from addrinuse.testing import procs
 from addrinuse.testing.culprit import find
@@ -27,6 +29,9 @@ from addrinuse.testing.servers import new_registry
 pytest_plugins = ["pytester"]
 
 SECTION = "addrinuse diagnosis"
+HAS_COMMAND = "command" in {f.name for f in dataclasses.fields(ServerConfig)}
+needs_command = pytest.mark.skipif(not HAS_COMMAND, reason="ServerConfig.command (the user's own server) is not "
+                                                           "in this addrinuse yet (branch security)")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace of our own needs root")
 
 
@@ -36,11 +41,11 @@ def inner(pytester, source: str, *args: str):
 
 
 def section(result) -> str:
-    """The diagnosis section's text as printed (between its header and the next header)."""
+    """The diagnosis section's text (between its header and the next header), as one line."""
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if SECTION in line and line.startswith("-"))
     end = next((i for i in range(start + 1, len(lines)) if lines[i][:3] in ("___", "---", "===")), len(lines))
-    return "\n".join(lines[start + 1:end])
+    return " ".join(" ".join(lines[start + 1:end]).split())  # wrapped lines joined, spaces collapsed
 
 
 LISTENER_TEST = """
@@ -91,7 +96,7 @@ def test_time_wait_diagnosis_from_socket_call_error(pytester):
     result.assert_outcomes(failed=1)
     text = section(result)
     assert "found from: the exception (AddressInUse.port)" in text
-    assert "TIME_WAIT       3" in text and "frees: in " in text
+    assert "TIME_WAIT 3 the last expires in" in text and "frees: in " in text
     assert "3 TIME_WAIT entries from a server-side close" in text
 
 
@@ -210,6 +215,38 @@ def test_leaked_process_fails_the_test(pytester, tmp_path):
     assert not procs.alive(pid)
 
 
+@needs_command
+def test_user_command_that_forks_fails_the_test(pytester):
+    """The user's server forks a worker into its session and the stop signal ends only the shell:
+    the worker still listens, so the fixture fails the test and kills it."""
+    result = inner(pytester, """
+        import sys
+
+        def test_shell_server(addrinuse_server, tmp_path):
+            addrinuse_server.stop_timeout = 1.0
+            addrinuse_server(command=["sh", "-c", sys.executable + " -m http.server {port} --bind 127.0.0.1 "
+                                      "--directory " + str(tmp_path) + " & wait"])
+    """)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*survived the stop*", "*-m http.server*"])
+
+
+def test_setup_failure_gets_section(pytester):
+    result = inner(pytester, """
+        import pytest, socket
+
+        @pytest.fixture
+        def second():
+            first = socket.create_server(("127.0.0.1", 0))
+            yield socket.create_server(first.getsockname())
+
+        def test_uses_it(second):
+            pass
+    """)
+    result.assert_outcomes(errors=1)
+    assert "is listening on it" in section(result)
+
+
 def test_plugin_import_stays_light():
     code = ("import sys, addrinuse.pytest_plugin; heavy = {'psutil', 'click', 'addrinuse.conntable.netlink',"
             " 'addrinuse.testing.servers', 'addrinuse.diagnose'} & set(sys.modules); print(sorted(heavy))")
@@ -225,6 +262,20 @@ def test_server_options_decide_the_restart(addrinuse_server, assert_bind_fails, 
     assert srv.stop().stopped[0].exited
     assert assert_bind_fails(srv.port) == "bind"  # its TIME_WAIT entries refuse a plain server
     assert wait_port_free(srv.port, as_="reuseaddr", timeout=5) < 5  # ...not one that sets it too
+
+
+@needs_command
+def test_user_command_server(addrinuse_server, assert_bind_fails, tmp_path):
+    srv = addrinuse_server(command=[sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1",
+                                    "--directory", str(tmp_path)])
+    assert_bind_fails(srv.port)  # it listens (http.server sets SO_REUSEADDR: so must the next one)
+    srv.stop()
+
+
+@pytest.mark.skipif(HAS_COMMAND, reason="this addrinuse has ServerConfig.command")
+def test_user_command_needs_support(addrinuse_server):
+    with pytest.raises(BadInput, match="command= needs an addrinuse whose ServerConfig has 'command'"):
+        addrinuse_server(command=["true", "{port}"])
 
 
 def test_linger0_server_leaves_nothing(addrinuse_server, wait_port_free):

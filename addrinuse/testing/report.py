@@ -44,6 +44,12 @@ def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _verdict(text: str) -> str:
+    from addrinuse.render import wrap
+
+    return wrap(text, "verdict: ", "  ")
+
+
 def _in_use(c: Culprit, servers) -> list[str]:
     from addrinuse.diagnose import diagnose, port_estimate
     from addrinuse.render.diagnosis import diagnosis
@@ -58,7 +64,7 @@ def _in_use(c: Culprit, servers) -> list[str]:
     for s in ours:
         lines.append(f"this test's addrinuse_server {s.name!r}: pid {s.pid} on {_endpoint(s.host, s.port)}")
     lines.append(f"frees: {frees(port_estimate(c.port, c.host))}")
-    lines.append(verdict)
+    lines.append(_verdict(verdict.removeprefix("verdict: ")))
     return lines
 
 
@@ -67,8 +73,8 @@ def _not_available(c: Culprit) -> list[str]:
 
     local = probe_errno(c.host, 0)[0] != errno.EADDRNOTAVAIL
     if c.syscall == "bind" or (c.syscall is None and not local):
-        return [f"verdict: {c.host} is not an address of this machine (or of this network namespace): "
-                "bind 127.0.0.1, a wildcard, or an address that 'ip addr' lists"]
+        return [_verdict(f"{c.host} is not an address of this machine (or of this network namespace): "
+                         "bind 127.0.0.1, a wildcard, or an address that 'ip addr' lists")]
     return _ports_exhausted(c)
 
 
@@ -99,7 +105,7 @@ def _ports_exhausted(c: Culprit) -> list[str]:
     if kernel:
         soonest = min(kernel, key=lambda e: float("inf") if e.expires_in_s is None else e.expires_in_s)
         lines.append(f"the first kernel-held one frees: {frees(free_in([soonest]))}")
-    lines.append("verdict: every local port toward this destination is taken: close or reuse connections "
-                 "(a pool), connect from more source addresses, or widen ip_local_port_range; "
-                 "tcp_tw_reuse=1 lets connect() reuse TIME_WAIT ports (outgoing only, needs timestamps)")
+    lines.append(_verdict("every local port toward this destination is taken: close or reuse connections "
+                          "(a pool), connect from more source addresses, or widen ip_local_port_range; "
+                          "tcp_tw_reuse=1 lets connect() reuse TIME_WAIT ports (outgoing only, needs timestamps)"))
     return lines
