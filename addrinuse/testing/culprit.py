@@ -9,7 +9,8 @@ In order, first answer wins (`Culprit.how` says which one answered, and the repo
       literals, names, tuples or instance attributes (no code of the test runs: no calls, no
       properties). The socket X also gives the options (SO_REUSEADDR/SO_REUSEPORT) to diagnose as.
    b. the frame's locals: an address tuple (host, port), then a bound socket.
-3. the test's fixtures: an addrinuse server handle, a bound socket.
+3. the test's fixtures: a bound socket, a server of addrinuse_server; only when they hold exactly
+   one port between them (a guess otherwise).
 Limits: a bind done in C (an extension) or in another process leaves no frame here; an error
 re-raised without its cause and without the address in the raising frame's locals (asyncio keeps
 `sa`; others may not) falls to the fixtures, or is not found (the report says so); with several
@@ -71,11 +72,22 @@ def find(exc: BaseException, funcargs: dict | None = None) -> Culprit | None:
     for e in chain(exc):
         if isinstance(e, SocketCallError) and e.errno in WATCHED and e.port:
             return Culprit(e.errno, e.host, e.port, e.syscall, f"the exception ({type(e).__name__}.port)")
+    # Every EADDRINUSE/EADDRNOTAVAIL of the chain in turn: a wrapper re-raised `from None` keeps
+    # the original as __context__, and that one's frames hold the call.
+    for e in chain(exc):
+        if getattr(e, "errno", None) in WATCHED:
+            found = _from_frames(e)
+            if found:
+                return found
+    return _from_fixtures(err.errno, funcargs or {})
+
+
+def _from_frames(err: BaseException) -> Culprit | None:
     tb, frames = err.__traceback__, []
     while tb is not None:
         frames.append(tb)
         tb = tb.tb_next
-    for tb in reversed(frames):
+    for tb in reversed(frames):  # innermost first
         code = tb.tb_frame.f_code
         if any(part in code.co_filename for part in SKIP_FILES):
             continue
@@ -83,11 +95,18 @@ def find(exc: BaseException, funcargs: dict | None = None) -> Culprit | None:
         found = _from_call(err.errno, tb, where) or _from_locals(err.errno, tb.tb_frame.f_locals, where)
         if found:
             return found
-    for name, value in (funcargs or {}).items():
-        found = _from_value(err.errno, value, f"the fixture {name!r}")
-        if found:
-            return found
     return None
+
+
+def _from_fixtures(code: int, funcargs: dict) -> Culprit | None:
+    """The one port among the test's fixtures (sockets, servers of addrinuse_server); a guess, so
+    only when there is exactly one candidate port."""
+    found = []
+    for name, value in funcargs.items():
+        values = [(f"the fixture {name!r}", value)]
+        values += [(f"the fixture {name!r}'s server {h.name!r}", h) for h in getattr(value, "handles", None) or ()]
+        found += [c for c in (_from_value(code, v, how) for how, v in values) if c]
+    return found[0] if len({c.port for c in found}) == 1 else None
 
 
 def call_source(tb) -> str | None:
