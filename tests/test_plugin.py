@@ -300,6 +300,13 @@ def test_reuseport_servers_share_a_port(addrinuse_server, assert_bind_fails):
     assert_bind_fails(first.port)  # a plain server still cannot
 
 
+def test_server_killed_by_the_test_is_reaped(addrinuse_server):
+    srv = addrinuse_server()
+    os.kill(srv.pid, signal.SIGKILL)  # our own server, by its pid
+    addrinuse_server.finish()
+    assert procs.stat(srv.pid) is None  # reaped: no zombie left behind
+
+
 def test_finish_reports_and_kills_survivors(tmp_path):
     factory = ServerFactory(new_registry(lambda: tmp_path / "state"), stop_timeout=0.3)
     srv = factory()
