@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 
+from addrinuse.render import endpoint as _endpoint
 from addrinuse.testing.culprit import Culprit
 
 SECTION = "addrinuse diagnosis"
@@ -38,10 +39,6 @@ def section(culprit: Culprit, servers=()) -> str:
     except Exception as err:  # noqa: BLE001 - the report must still be written
         body = [f"addrinuse could not diagnose it: {type(err).__name__}: {err}"]
     return "\n".join(head + body)
-
-
-def _endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _verdict(text: str) -> str:
