@@ -17,6 +17,7 @@ import pytest
 from addrinuse.conntable import STATES
 from addrinuse.experiments import builtin, catalogue, find, loads
 from addrinuse.experiments import run as run_experiment
+from addrinuse.experiments.params import REQUIRED
 from tests.helpers import wait_for
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -139,6 +140,18 @@ def test_every_file_has_a_test_and_a_readme_entry():
         entry = README.split(f"### {name}")[1].split("### ")[0]
         assert f"$ addrinuse experiment run {name}" in entry and f"PASSED: {name}" in entry, \
             f"README entry for {name} shows no captured run"
+
+
+def test_the_readme_documents_every_action_and_expectation():
+    from addrinuse.experiments.actions import ACTION_MODULES, actions
+    from addrinuse.experiments.checks import CHECKS
+
+    builtin_actions = [a for a in actions().values() if a.run.__module__ in ACTION_MODULES[:3]]
+    for a in builtin_actions:
+        assert f"| `{a.name}` |" in README, f"experiments/README.md does not document the action {a.name}"
+        row = README.split(f"| `{a.name}` |")[1].split("\n")[0]
+        assert all(f"`{p}`" in row for p in a.params), (a.name, [p for p in a.params if f"`{p}`" not in row])
+    assert all(f"`{key}`" in README for key in CHECKS)
 
 
 def test_catalogue_names_match_files_and_declare_their_states():
@@ -534,3 +547,98 @@ def test_an_invalid_file_exits_2_with_one_line(sub, tmp_path):
                                   "use 1-65535, \"new\" (the kernel picks) or \"@step\"")
     out = sub("experiment", "run", "no-such-experiment")
     assert out.exit_code == 2 and "no such experiment" in out.stderr and "reuseport" in out.stderr
+
+
+# -- fuzzing the loader: any document gives a Scenario or one ScenarioError, never a traceback -------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+ATOMS = st.one_of(
+    st.integers(min_value=-2**70, max_value=2**70), st.integers(min_value=-2, max_value=70000),
+    st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=8),
+    st.sampled_from(["new", "@a", "@b", "@a.pid", "@a.port", "@zz", "99999", "0", "80", "{port}", "TIME_WAIT",
+                     "LISTEN", "gone", "EADDRINUSE", "bind", "server-first", "TERM", "poll", "trace", "active",
+                     "local", "listen", "server", "\0"]))
+VALUES = st.one_of(ATOMS, st.lists(ATOMS, max_size=4), st.dictionaries(st.text(max_size=4), ATOMS, max_size=2))
+
+
+def _example(kind):
+    """A value `kind` accepts, so that generated documents get past the first key now and then."""
+    from addrinuse.experiments import params as P
+
+    kind = kind.inner if isinstance(kind, P.Optional) else kind
+    return {P.Port: "new", P.Ref: "@a", P.Seconds: 1.0, P.Count: getattr(kind, "low", 1), P.Flag: True,
+            P.States: ["LISTEN"], P.Argv: ["x", "{port}"], P.Errno: "EADDRINUSE", P.Range: [0.0, 1.0]}.get(
+        type(kind), (getattr(kind, "choices", None) or ["x"])[0])
+
+
+def _value(draw, kind):
+    return draw(st.sampled_from([_example(kind), _example(kind), _example(kind), None])) or draw(VALUES)
+
+
+@st.composite
+def steps(draw, index: int):
+    """A step of a registered action with some of its own parameters (and now and then a stranger)."""
+    from addrinuse.experiments.actions import actions
+
+    table = actions()
+    name = draw(st.sampled_from(sorted(table)))
+    required = [k for k, kind in table[name].params.items() if kind.default is REQUIRED and draw(st.integers(0, 9))]
+    keys = required + draw(st.lists(st.sampled_from(sorted(table[name].params) + ["stranger"]), max_size=4,
+                                    unique=True).map(lambda ks: [k for k in ks if k not in required]))
+    spec = table[name].params
+    step = {"id": draw(st.sampled_from(["a", "b", "a"][index:index + 1] + ["a b", 3])) if not draw(
+        st.integers(0, 5)) else ["a", "b", "c"][index], "do": name,
+        **{k: _value(draw, spec[k]) if k in spec else draw(VALUES) for k in keys}}
+    return step if draw(st.integers(0, 9)) else draw(st.one_of(VALUES, st.just({})))
+
+
+@st.composite
+def expectations(draw):
+    from addrinuse.experiments.checks import EXPECT_KEYS
+
+    keys = draw(st.lists(st.sampled_from(sorted(EXPECT_KEYS) + ["stranger"]), max_size=3, unique=True))
+    return {"step": draw(st.sampled_from(["a", "a", "b", "zz"])), "ok": True,
+            **{k: _value(draw, EXPECT_KEYS[k]) if k in EXPECT_KEYS else draw(VALUES) for k in keys}}
+
+
+@st.composite
+def documents(draw):
+    doc = {"name": "fuzz", "purpose": "p", "explain": "e",
+           "step": [draw(steps(i)) for i in range(draw(st.integers(1, 3)))],
+           "expect": draw(st.lists(expectations(), min_size=1, max_size=3))}
+    for key in draw(st.lists(st.sampled_from(["name", "purpose", "explain", "states", "requires", "slow", "step",
+                                              "expect", "other"]), max_size=1 if draw(st.integers(0, 3)) else 0)):
+        doc[key] = draw(VALUES)
+    return doc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_fuzz_validate_gives_a_scenario_or_a_scenario_error(doc):
+    from hypothesis import event
+
+    from addrinuse.experiments import validate
+    from addrinuse.experiments.scenario import ScenarioError
+
+    try:
+        scenario = validate(doc, "fuzz.toml")
+    except ScenarioError as err:
+        assert str(err).startswith("fuzz.toml: ") and "\n" not in str(err)
+        event(f"refused at {err.key.split('.')[0].split('[')[0]}")
+    else:
+        assert scenario.steps and scenario.expect
+        event("valid")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('[]="@{}.,\n #-_01ainfstepxc\\\'')), max_size=80))
+def test_fuzz_loads_on_any_text(text):
+    from addrinuse.experiments.scenario import ScenarioError
+
+    try:
+        loads(text, "fuzz.toml")
+    except ScenarioError:
+        pass

@@ -58,7 +58,10 @@ def experiment_show(name, directory, as_json):
     Example:
       addrinuse experiment show reuseaddr-matrix
     """
+    import shlex
+
     from addrinuse.experiments import find
+    from addrinuse.experiments.actions import actions
     from addrinuse.render import wrap
     from addrinuse.render.experiments import value
 
@@ -68,9 +71,12 @@ def experiment_show(name, directory, as_json):
         return
     click.echo(wrap(f"{s.name}: {s.purpose}") + "\n" + wrap(s.path, "file: ", "      ")
                + "\n" + wrap(" ".join(s.states) or "-", "states: ", "        ") + "\n\nsteps:")
+    table = actions()
     for step in s.steps:
-        params = ", ".join(f"{k}={value(v)}" for k, v in step.params.items() if v not in (None, False, [], ""))
-        click.echo(wrap(params, f"  {step.id:<18} {step.do:<14} ", " " * 36))
+        spec = table[step.do].params  # parameters left at their default are not shown
+        params = ", ".join(f"{k}={shlex.join(v) if k == 'command' else value(v)}" for k, v in step.params.items()
+                           if v is not None and v != spec[k].default)
+        click.echo(wrap(params or "-", f"  {step.id:<18} {step.do:<14} ", " " * 36))
     click.echo("expectations:")
     for e in s.expect:
         click.echo(wrap(", ".join(f"{k} = {value(v)}" for k, v in e.checks.items()), f"  {e.step:<18} {e.what}: ",

@@ -132,8 +132,9 @@ def kill(ctx, p: dict) -> dict:
     "send": Optional(Text(), doc="bytes to send on each (e.g. an HTTP request); then read until the server closes"),
     "timeout": Seconds(default=5.0, high=120.0, doc="for connecting and for the server's replies"),
 }, provides=("count", "ok"), doc="open real client connections and close them after the server's reply",
-    describe=lambda r: (f"{r['count']} connections; the server closed {r['server_closed_first']} first"
-                        + (f" (close={r['policy']})" if r.get("policy") else "")) if r.get("ok") else r["message"])
+    describe=lambda r: (f"{r['count']} connection{'s' * (r['count'] != 1)}; the server closed "
+                        f"{r['server_closed_first']} first" + (f" (close={r['policy']})" if r.get("policy") else ""))
+    if r.get("ok") else r["message"])
 def connect(ctx, p: dict) -> dict:
     target = ctx.result(p["to"])
     host, port = target["host"], target["port"]
