@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from addrinuse.errors import BadInput
 from addrinuse.experiments.params import REQUIRED, Earlier, Flag, Invalid, States, Text
