@@ -53,6 +53,16 @@ def test_run_dir_and_path(run, tmp_path):
     assert out.exit_code == 0 and "PASSED: reuseport" in out.stdout
 
 
+def test_the_env_dir_is_the_default_for_dir_but_does_not_run_everything(run, tmp_path, monkeypatch):
+    (tmp_path / "reuseport.toml").write_text((EXPERIMENTS / "reuseport.toml").read_text())
+    monkeypatch.setenv("ADDRINUSE_EXPERIMENTS_DIR", str(tmp_path))
+    assert [e["name"] for e in run("experiment", "list", "--json").json()["experiments"]] == ["reuseport"]
+    out = run("experiment", "run")
+    assert out.exit_code == 2 and "--all" in out.stderr
+    out = run("experiment", "run", "--all", "--json")
+    assert out.exit_code == 0 and [r["name"] for r in out.json()["experiments"]] == ["reuseport"]
+
+
 def test_run_json_is_one_shape(run):
     out = run("experiment", "run", "no-connections", "--json")
     assert out.exit_code == 0

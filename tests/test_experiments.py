@@ -260,3 +260,10 @@ def test_the_users_server_dies_with_a_killed_runner(tmp_path):
         runner.kill()
         runner.wait()
     wait_for(lambda: _gone(pid), 10, what=f"the user's server {pid} to die with its runner")
+
+
+def test_a_step_error_fails_that_experiment_and_the_run_goes_on(tmp_path):
+    bad_host = loads(HEAD + '[[step]]\nid = "p"\ndo = "probe"\nhost = "no-such-host.invalid"\nport = 1\n\n'
+                            '[[expect]]\nstep = "p"\nok = true\n')
+    report = run_experiment(bad_host)
+    assert report.status == "failed" and "step p: host 'no-such-host.invalid' does not resolve" in report.error

@@ -115,7 +115,10 @@ def experiment_run(ctx, targets, everything, directory, slow, junit_xml, backend
 
     if targets and everything:
         raise BadInput("name experiments (or .toml paths), or pass --all, not both")
-    if not targets and not everything and not directory:
+    from click.core import ParameterSource
+
+    dir_given = directory is not None and ctx.get_parameter_source("directory") == ParameterSource.COMMANDLINE
+    if not targets and not everything and not dir_given:  # the env var alone does not mean "run them all"
         raise BadInput("name experiments (or .toml paths), or pass --all (or --dir DIR)")
     if junit_xml:
         junit.check_writable(junit_xml)

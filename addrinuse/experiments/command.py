@@ -95,7 +95,8 @@ class CommandServer:
             if time.monotonic() > deadline:
                 self.kill()
                 return {"ok": False, "error": None, "syscall": None, "pid": self.proc.pid,
-                        "message": f"did not listen on {self.host}:{self.port} within {timeout:g} s", **base}
+                        "message": f"did not listen on {self.host}:{self.port} within {timeout:g} s (set the step's "
+                                   "host to the address the command binds, or raise ready_timeout)", **base}
             ctx.progress(f"waiting for {base['name']} to listen on port {self.port}: "
                          f"{deadline - time.monotonic():.0f} s left")
             time.sleep(READY_POLL_S)

@@ -11,7 +11,7 @@ import socket
 import time
 from typing import Callable
 
-from addrinuse.errors import CannotRun
+from addrinuse.errors import AddrinuseError, CannotRun
 from addrinuse.experiments import checks
 from addrinuse.experiments.actions import actions, missing
 from addrinuse.experiments.report import Report
@@ -132,6 +132,8 @@ class Runner:
             self.report.error = str(err)
         except CannotRun as err:
             self.report.error, self.report.cannot_run = f"step {self.step}: {err}", True
+        except AddrinuseError as err:  # e.g. a host that does not resolve: this experiment fails, the run goes on
+            self.report.error = f"step {self.step}: {err}"
         finally:
             try:
                 self.cleanup()
