@@ -69,9 +69,9 @@ def test_run_json_is_one_shape(run):
     doc = out.json()
     assert set(doc) == {"passed", "experiments"} and doc["passed"] is True and len(doc["experiments"]) == 1
     data = doc["experiments"][0]
-    assert {"name", "status", "passed", "skipped", "error", "checks", "steps", "ports", "states", "states_seen",
+    assert {"name", "status", "passed", "skipped", "message", "checks", "steps", "ports", "states", "states_seen",
             "duration_s", "kernel", "sysctls", "path", "explain"} <= data.keys()
-    assert data["status"] == "passed" and data["skipped"] is None and data["error"] is None
+    assert data["status"] == "passed" and data["skipped"] is None and data["message"] is None
     assert set(data["sysctls"]) == {"tcp_fin_timeout", "tcp_tw_reuse", "ip_local_port_range", "bindv6only"}
     assert all({"what", "expected", "observed", "ok"} <= c.keys() for c in data["checks"])
     assert all({"id", "do", "t_s", "result"} <= s.keys() for s in data["steps"])
@@ -101,7 +101,7 @@ def test_an_unchecked_step_that_fails_ends_the_experiment_as_failed(run, tmp_pat
     out = run("experiment", "run", path, "--json")
     assert out.exit_code == 1
     report = out.json()["experiments"][0]
-    assert report["status"] == "failed" and "step b (listen) failed" in report["error"] and not report["checks"]
+    assert report["status"] == "failed" and "step b (listen) failed" in report["message"] and not report["checks"]
     assert [s["id"] for s in report["steps"]] == ["a", "b"]
 
 
@@ -144,7 +144,7 @@ def test_exit_codes_passed_failed_skipped_could_not_run(run, tmp_path, never_her
         assert out.exit_code == code, (paths, out.stdout[-500:], out.stderr)
         assert out.json()["passed"] is (code == 0)
     doc = run("experiment", "run", cannot, skipped, "--json").json()["experiments"]
-    assert doc[0]["status"] == "error" and "cannot run '/nonexistent/addrinuse-test-server'" in doc[0]["error"]
+    assert doc[0]["status"] == "cannot_run" and "cannot run '/nonexistent/addrinuse-test-server'" in doc[0]["message"]
     assert doc[1]["status"] == "skipped" and doc[1]["skipped"] == "test-never: this machine has no such thing"
     text = run("experiment", "run", passing, skipped, cannot)
     assert text.stdout.rstrip().endswith("1 passed, 0 failed, 1 skipped, 1 could not run")

@@ -28,7 +28,7 @@ def results(name: str):
     report = run_experiment(find(name))
     assert report.skipped is None, report.skipped
     failed = [c.to_dict() for c in report.checks if c.ok is False]
-    assert report.passed and not failed, (report.error, failed)
+    assert report.passed and not failed, (report.message, failed)
     # The states a file declares are the ones its run read from the connection table.
     assert set(report.states) <= report.states_seen, (report.states, report.states_seen)
     return report.results
@@ -231,7 +231,7 @@ def test_no_temp_dir_is_left_on_any_path(tmp_path):
     assert run_experiment(find("no-connections")).passed
     cannot = loads(HEAD + '[[step]]\nid = "s"\ndo = "server"\ncommand = ["/nonexistent/x", "{port}"]\n\n'
                           '[[expect]]\nstep = "s"\nok = true\n')
-    assert run_experiment(cannot).status == "error"
+    assert run_experiment(cannot).status == "cannot_run"
 
     def interrupted(row):
         raise KeyboardInterrupt
@@ -266,4 +266,4 @@ def test_a_step_error_fails_that_experiment_and_the_run_goes_on(tmp_path):
     bad_host = loads(HEAD + '[[step]]\nid = "p"\ndo = "probe"\nhost = "no-such-host.invalid"\nport = 1\n\n'
                             '[[expect]]\nstep = "p"\nok = true\n')
     report = run_experiment(bad_host)
-    assert report.status == "failed" and "step p: host 'no-such-host.invalid' does not resolve" in report.error
+    assert report.status == "failed" and "step p: host 'no-such-host.invalid' does not resolve" in report.message

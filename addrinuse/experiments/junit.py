@@ -37,9 +37,9 @@ def document(reports: list[dict], began: datetime | None = None) -> ET.ElementTr
     n = count(reports)
     total = round(sum(r["duration_s"] for r in reports), 3)
     suites = ET.Element("testsuites", name="addrinuse experiments", tests=str(len(reports)),
-                        failures=str(n["failed"]), errors=str(n["error"]), skipped=str(n["skipped"]), time=str(total))
+                        failures=str(n["failed"]), errors=str(n["cannot_run"]), skipped=str(n["skipped"]), time=str(total))
     suite = ET.SubElement(suites, "testsuite", name=CLASSNAME, tests=str(len(reports)), failures=str(n["failed"]),
-                          errors=str(n["error"]), skipped=str(n["skipped"]), time=str(total),
+                          errors=str(n["cannot_run"]), skipped=str(n["skipped"]), time=str(total),
                           timestamp=(began or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
                           hostname=socket.gethostname())
     props = ET.SubElement(suite, "properties")
@@ -52,12 +52,12 @@ def document(reports: list[dict], began: datetime | None = None) -> ET.ElementTr
                              time=str(r["duration_s"]))
         if r["status"] == "skipped":
             ET.SubElement(case, "skipped", message=_clean(r["skipped"]), type="skipped").text = _clean(r["skipped"])
-        elif r["status"] == "error":
-            ET.SubElement(case, "error", message=_clean(r["error"]), type="CannotRun").text = _clean(r["error"])
+        elif r["status"] == "cannot_run":
+            ET.SubElement(case, "error", message=_clean(r["message"]), type="CannotRun").text = _clean(r["message"])
         elif r["status"] == "failed":
             differed = sum(c["ok"] is False for c in r["checks"])
-            message = r["error"] or f"{differed} of {len(r['checks'])} expectations differed"
-            text = "\n".join(filter(None, [r["error"], checks_table(r["checks"])]))
+            message = r["message"] or f"{differed} of {len(r['checks'])} expectations differed"
+            text = "\n".join(filter(None, [r["message"], checks_table(r["checks"])]))
             ET.SubElement(case, "failure", message=_clean(message), type="ExpectationFailed").text = _clean(text)
         if r["steps"]:
             ET.SubElement(case, "system-out").text = _clean("\n".join(step_lines(r["steps"])))

@@ -1,10 +1,10 @@
 """What a run found: one Report per experiment, and the verdict of a whole run.
 
 Each experiment ends in one status:
-  passed   it ran and every expectation held
-  failed   it ran and an expectation differed (or a step failed that no expectation checks)
-  skipped  it did not run: a requirement it declares (`requires`) is missing here (ipv6, root, ...)
-  error    it could not run to the end: a privilege or feature missing at run time (CannotRun)
+  passed      it ran and every expectation held
+  failed      it ran and an expectation differed (or a step failed that no expectation checks)
+  skipped     it did not run: a requirement it declares (`requires`) is missing here (ipv6, root, ...)
+  cannot_run  it could not run to the end: a privilege or feature missing at run time (CannotRun)
 
 A run's exit code (`verdict`): 1 when any experiment failed; else 6 (cannot run) when any could not
 run, or when nothing ran at all because every selected experiment was skipped, so a CI job never
@@ -52,7 +52,7 @@ class Report:
     states_seen: set[str] = field(default_factory=set)
     duration_s: float = 0.0
     skipped: str | None = None  # the missing requirement
-    error: str | None = None  # why it could not run (status error) or the step that failed unchecked
+    message: str | None = None  # why it stopped early: could not run, or a step failed unchecked
     cannot_run: bool = False
     results: dict = field(default_factory=dict)
 
@@ -61,8 +61,8 @@ class Report:
         if self.skipped is not None:
             return "skipped"
         if self.cannot_run:
-            return "error"
-        if self.error is not None or any(c.ok is False for c in self.checks):
+            return "cannot_run"
+        if self.message is not None or any(c.ok is False for c in self.checks):
             return "failed"
         return "passed"
 
@@ -72,7 +72,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "passed": self.passed, "skipped": self.skipped,
-                "error": self.error, "checks": [c.to_dict() for c in self.checks], "steps": self.steps,
+                "message": self.message, "checks": [c.to_dict() for c in self.checks], "steps": self.steps,
                 "ports": sorted(set(self.ports)), "states": self.states, "states_seen": sorted(self.states_seen),
                 "duration_s": round(self.duration_s, 3), "kernel": platform.release(), "sysctls": sysctls(),
                 "path": self.path, "explain": " ".join(self.explain.split())}
@@ -80,7 +80,7 @@ class Report:
 
 def count(reports) -> dict[str, int]:
     """{status: how many}, for every status (0 included); takes Reports or their dicts."""
-    out = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    out = {"passed": 0, "failed": 0, "skipped": 0, "cannot_run": 0}
     for r in reports:
         out[r["status"] if isinstance(r, dict) else r.status] += 1
     return out
@@ -91,7 +91,7 @@ def verdict(reports) -> int:
     n = count(reports)
     if n["failed"]:
         return EXIT_FAILED
-    if n["error"] or not n["passed"]:
+    if n["cannot_run"] or not n["passed"]:
         return EXIT_CANNOT_RUN
     return EXIT_OK
 
@@ -101,6 +101,6 @@ def summary(reports) -> str:
     text = f"{n['passed']} passed, {n['failed']} failed"
     if n["skipped"]:
         text += f", {n['skipped']} skipped"
-    if n["error"]:
-        text += f", {n['error']} could not run"
+    if n["cannot_run"]:
+        text += f", {n['cannot_run']} could not run"
     return text

@@ -129,11 +129,11 @@ class Runner:
             for expect in self.scenario.expect:
                 self.report.checks += checks.check(expect, self.results[expect.step], self.value)
         except StepFailed as err:
-            self.report.error = str(err)
+            self.report.message = str(err)
         except CannotRun as err:
-            self.report.error, self.report.cannot_run = f"step {self.step}: {err}", True
+            self.report.message, self.report.cannot_run = f"step {self.step}: {err}", True
         except AddrinuseError as err:  # e.g. a host that does not resolve: this experiment fails, the run goes on
-            self.report.error = f"step {self.step}: {err}"
+            self.report.message = f"step {self.step}: {err}"
         finally:
             try:
                 self.cleanup()

@@ -77,11 +77,11 @@ def checks_table(checks: list[dict]) -> str:
 def experiment_report(report: dict) -> str:
     """Everything after the steps: checks, the reason a run ended early, why, the verdict line."""
     lines = [checks_table(report["checks"])] if report["checks"] else []
-    if report.get("error"):
-        lines.append(wrap(report["error"], "  stopped: ", " " * 11))
+    if report.get("message"):
+        lines.append(wrap(report["message"], "  stopped: ", " " * 11))
     if report["status"] != "skipped":
         lines.append(wrap(report["explain"], "  why: ", " " * 7))
-    status = {"passed": "PASSED", "failed": "FAILED", "skipped": "SKIPPED", "error": "COULD NOT RUN"}[report["status"]]
+    status = {"passed": "PASSED", "failed": "FAILED", "skipped": "SKIPPED", "cannot_run": "COULD NOT RUN"}[report["status"]]
     tail = f"({report['skipped']})" if report["skipped"] else \
         f"in {report['duration_s']:.2f} s, ports {value(report['ports'])}, kernel {report['kernel']}"
     lines.append(wrap(tail, f"{status}: {report['name']} ", "  "))
