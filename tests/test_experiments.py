@@ -239,6 +239,32 @@ def test_no_temp_dir_is_left_on_any_path(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(find("no-connections"), on_step=interrupted)
     assert _temp_dirs() <= before
+    assert run_experiment(find("reuseport")).passed and _temp_dirs() <= before  # no built-in server: no dir
+
+
+def test_a_killed_runners_temp_dir_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL leaves the runner no chance to clean up; the next run removes what a dead pid left:
+    its temp dir, and the built-in server recorded there."""
+    path = tmp_path / "hang.toml"
+    path.write_text(HEAD + '[[step]]\nid = "srv"\ndo = "server"\n\n[[step]]\nid = "wait"\ndo = "table"\n'
+                    'port = "@srv"\nstates = ["ESTABLISHED"]\nwait_for = 1\ntimeout = 60\n\n'
+                    '[[expect]]\nstep = "wait"\ncount = 0\n')
+    runner = subprocess.Popen([sys.executable, "-m", "addrinuse", "experiment", "run", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = wait_for(lambda: (lambda l: l if "listens on" in l else None)(runner.stdout.readline()), 20,
+                        what="the built-in server")
+        server = int(line.split("pid ")[1].split()[0])
+        left = wait_for(lambda: glob.glob(os.path.join(tempfile.gettempdir(), f"addrinuse-experiment-{runner.pid}-*")),
+                        5, what="the runner's temp dir")
+    finally:
+        runner.kill()
+        runner.wait()
+    from addrinuse.experiments.runner import sweep_stale
+
+    assert not _gone(server)  # the built-in server outlives a SIGKILLed runner (until registry.MemoryRegistry)
+    assert set(left) <= set(sweep_stale()) and not any(os.path.exists(p) for p in left)
+    wait_for(lambda: _gone(server), 5, what="the sweep to stop the dead run's server")
 
 
 def test_the_users_server_dies_with_a_killed_runner(tmp_path):
@@ -251,7 +277,7 @@ def test_the_users_server_dies_with_a_killed_runner(tmp_path):
                     'states = ["ESTABLISHED"]\nwait_for = 1\ntimeout = 60\n\n[[expect]]\nstep = "wait"\ncount = 0\n')
     runner = subprocess.Popen([sys.executable, "-m", "addrinuse", "experiment", "run", str(path)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
+    try:  # a command server only: the runner makes no temp dir that SIGKILL could leave
         line = wait_for(lambda: (lambda l: l if "listens on" in l else None)(runner.stdout.readline()), 20,
                         what="the user's server to listen")
         pid = int(line.split("pid ")[1].split()[0])
