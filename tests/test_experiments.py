@@ -242,49 +242,45 @@ def test_no_temp_dir_is_left_on_any_path(tmp_path):
     assert run_experiment(find("reuseport")).passed and _temp_dirs() <= before  # no built-in server: no dir
 
 
-def test_a_killed_runners_temp_dir_is_removed_by_the_next_run(tmp_path):
-    """SIGKILL leaves the runner no chance to clean up; the next run removes what a dead pid left:
-    its temp dir, and the built-in server recorded there."""
-    path = tmp_path / "hang.toml"
-    path.write_text(HEAD + '[[step]]\nid = "srv"\ndo = "server"\n\n[[step]]\nid = "wait"\ndo = "table"\n'
-                    'port = "@srv"\nstates = ["ESTABLISHED"]\nwait_for = 1\ntimeout = 60\n\n'
-                    '[[expect]]\nstep = "wait"\ncount = 0\n')
+HANG = '[[step]]\nid = "wait"\ndo = "table"\nport = "@srv"\nstates = ["ESTABLISHED"]\nwait_for = 1\ntimeout = 60\n' \
+    '\n[[expect]]\nstep = "wait"\ncount = 0\n'
+
+
+def _killed_runner(path: Path, server_step: str, while_running=lambda runner: None):
+    """Run a file whose server step is followed by a 60 s wait; once the server listens, call
+    while_running(runner), then SIGKILL the runner. Returns (server pid, what while_running gave)."""
+    path.write_text(HEAD + server_step + HANG)
     runner = subprocess.Popen([sys.executable, "-m", "addrinuse", "experiment", "run", str(path)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = wait_for(lambda: (lambda l: l if "listens on" in l else None)(runner.stdout.readline()), 20,
-                        what="the built-in server")
-        server = int(line.split("pid ")[1].split()[0])
-        left = wait_for(lambda: glob.glob(os.path.join(tempfile.gettempdir(), f"addrinuse-experiment-{runner.pid}-*")),
-                        5, what="the runner's temp dir")
+                        what="the server to listen")
+        return int(line.split("pid ")[1].split()[0]), while_running(runner)
     finally:
         runner.kill()
         runner.wait()
+
+
+def test_a_killed_runners_temp_dir_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL leaves the runner no chance to clean up; the next run removes what a dead pid left:
+    its temp dir, and the built-in server recorded there."""
     from addrinuse.experiments.runner import sweep_stale
 
+    def temp_dir(runner):
+        pattern = os.path.join(tempfile.gettempdir(), f"addrinuse-experiment-{runner.pid}-*")
+        return wait_for(lambda: glob.glob(pattern), 5, what="the runner's temp dir")
+
+    server, left = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\n\n', temp_dir)
     assert not _gone(server)  # the built-in server outlives a SIGKILLed runner (until registry.MemoryRegistry)
     assert set(left) <= set(sweep_stale()) and not any(os.path.exists(p) for p in left)
     wait_for(lambda: _gone(server), 5, what="the sweep to stop the dead run's server")
 
 
 def test_the_users_server_dies_with_a_killed_runner(tmp_path):
-    """SIGKILL to the runner cannot run its clean-up: PR_SET_PDEATHSIG ends the user's server anyway."""
-    import psutil
-
-    path = tmp_path / "hang.toml"
-    path.write_text(HEAD + '[[step]]\nid = "web"\ndo = "server"\ncommand = ["python3", "-m", "http.server", "{port}",'
-                    ' "--bind", "127.0.0.1"]\n\n[[step]]\nid = "wait"\ndo = "table"\nport = "@web"\n'
-                    'states = ["ESTABLISHED"]\nwait_for = 1\ntimeout = 60\n\n[[expect]]\nstep = "wait"\ncount = 0\n')
-    runner = subprocess.Popen([sys.executable, "-m", "addrinuse", "experiment", "run", str(path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:  # a command server only: the runner makes no temp dir that SIGKILL could leave
-        line = wait_for(lambda: (lambda l: l if "listens on" in l else None)(runner.stdout.readline()), 20,
-                        what="the user's server to listen")
-        pid = int(line.split("pid ")[1].split()[0])
-        assert psutil.Process(pid).ppid() == runner.pid
-    finally:
-        runner.kill()
-        runner.wait()
+    """SIGKILL to the runner cannot run its clean-up: PR_SET_PDEATHSIG ends the user's server anyway.
+    (A command server only: the runner makes no temp dir that SIGKILL could leave.)"""
+    pid, _ = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\ncommand = ["python3", '
+                            '"-m", "http.server", "{port}", "--bind", "127.0.0.1"]\n\n')
     wait_for(lambda: _gone(pid), 10, what=f"the user's server {pid} to die with its runner")
 
 
