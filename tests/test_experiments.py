@@ -1,24 +1,36 @@
-"""Every experiment file runs here against the real kernel; invalid files give the documented error."""
+"""Every experiment file runs here against the real kernel (the user's own servers killed and
+restarted for real), the catalogue is complete and documented, and the runner reports progress,
+takes actions registered through its API, and leaves nothing behind. The CLI: test_experiment_cli.py;
+the loader's validation: test_scenario.py."""
 
 from __future__ import annotations
 
-import json
+import glob
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from addrinuse.experiments import catalogue, experiments_dir, find
+from addrinuse.conntable import STATES
+from addrinuse.experiments import builtin, catalogue, find, loads
 from addrinuse.experiments import run as run_experiment
+from tests.helpers import wait_for
 
-EXPERIMENTS = experiments_dir()
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 README = (EXPERIMENTS / "README.md").read_text()
+HEAD = 'name = "t"\npurpose = "p"\nexplain = "e"\n'
 
 
 def results(name: str):
     report = run_experiment(find(name))
     assert report.skipped is None, report.skipped
     failed = [c.to_dict() for c in report.checks if c.ok is False]
-    assert report.passed and not failed, failed
+    assert report.passed and not failed, (report.message, failed)
+    # The states a file declares are the ones its run read from the connection table.
+    assert set(report.states) <= report.states_seen, (report.states, report.states_seen)
     return report.results
 
 
@@ -41,6 +53,7 @@ def test_no_connections():
 def test_client_closes_first():
     r = results("client-closes-first")
     assert {e["rport"] for e in r["client_side"]["entries"]} == {r["srv"]["port"]}
+    assert {e["lport"] for e in r["client_side"]["entries"]} == set(r["clients"]["local_ports"])
 
 
 def test_linger_zero():
@@ -54,7 +67,8 @@ def test_listener_still_alive():
 
 
 def test_reuseport():
-    assert results("reuseport")["third"]["syscall"] == "bind"
+    r = results("reuseport")
+    assert r["third"]["syscall"] == "bind" and r["listeners"]["pids"] == [os.getpid()]
 
 
 def test_two_reuseaddr_listeners():
@@ -89,6 +103,31 @@ def test_time_wait_lifetime():
     assert 60.0 <= r["lifetime_s"] <= 62.5 and r["ok"] is True and r["gap_s"] < 0.5
 
 
+def _gone(pid: int) -> bool:
+    """A zombie is dead: /proc/PID/stat's state field, not kill(pid, 0)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_http_server_restart():
+    """python3 -m http.server, killed for real after serving, restarted for real on the same port."""
+    r = results("http-server-restart")
+    assert r["web"]["command"][:3] == ["python3", "-m", "http.server"] and str(r["web"]["port"]) in r["web"]["command"]
+    assert r["clients"]["server_closed_first"] == 3 and r["clients"]["bytes_received"] > 0
+    assert r["stop"]["signal"] == "INT" and r["stop"]["exited"]
+    assert r["restart"]["port"] == r["web"]["port"] and r["restart"]["pid"] != r["web"]["pid"]
+    assert _gone(r["web"]["pid"]) and _gone(r["restart"]["pid"])  # the run stopped what it started
+
+
+def test_socketserver_restart():
+    r = results("socketserver-restart")
+    assert r["restart"]["ok"] is False and r["restart"]["exit_status"] == 1
+    assert "Address already in use" in r["restart"]["message"]
+    assert r["left"]["count"] == 3 and {e["lport"] for e in r["left"]["entries"]} == {r["srv"]["port"]}
+
+
 TESTED = {name[len("test_"):].replace("_", "-") for name in dir() if name.startswith("test_")}
 
 
@@ -97,82 +136,156 @@ def test_every_file_has_a_test_and_a_readme_entry():
     assert names <= TESTED, f"experiment files without a test: {sorted(names - TESTED)}"
     for name in names:
         assert f"### {name}" in README, f"experiments/README.md has no entry for {name}"
-        assert "```" in README.split(f"### {name}")[1].split("### ")[0], f"README entry for {name} shows no output"
+        entry = README.split(f"### {name}")[1].split("### ")[0]
+        assert f"$ addrinuse experiment run {name}" in entry and f"PASSED: {name}" in entry, \
+            f"README entry for {name} shows no captured run"
 
 
-def test_catalogue_names_match_files():
-    assert [s.name for s in catalogue()] == sorted(p.stem for p in EXPERIMENTS.glob("*.toml"))
+def test_the_readme_documents_every_action_and_expectation():
+    from addrinuse.experiments.actions import ACTION_MODULES, actions
+    from addrinuse.experiments.checks import CHECKS
+
+    builtin_actions = [a for a in actions().values() if a.run.__module__ in ACTION_MODULES[:3]]
+    for a in builtin_actions:
+        assert f"| `{a.name}` |" in README, f"experiments/README.md does not document the action {a.name}"
+        row = README.split(f"| `{a.name}` |")[1].split("\n")[0]
+        assert all(f"`{p}`" in row for p in a.params), (a.name, [p for p in a.params if f"`{p}`" not in row])
+    assert all(f"`{key}`" in README for key in CHECKS)
 
 
-# -- the CLI -----------------------------------------------------------------------------------
-
-def test_list_and_show(run):
-    listed = run("experiment", "list", "--json").json()["experiments"]
-    assert {e["name"] for e in listed} == {p.stem for p in EXPERIMENTS.glob("*.toml")}
-    shown = run("experiment", "show", "reuseaddr-matrix")
-    assert shown.exit_code == 0 and "inet_bind_conflict" in shown.stdout
-
-
-def test_run_json_report_has_the_documented_keys(run):
-    out = run("experiment", "run", "no-connections", "--json")
-    assert out.exit_code == 0
-    assert out.json()["passed"] is True and len(out.json()["experiments"]) == 1
-    data = out.json()["experiments"][0]
-    assert {"name", "passed", "checks", "ports", "duration_s", "kernel", "sysctls"} <= data.keys()
-    assert set(data["sysctls"]) == {"tcp_fin_timeout", "tcp_tw_reuse", "ip_local_port_range", "bindv6only"}
-    assert all({"what", "expected", "observed", "ok"} <= c.keys() for c in data["checks"])
+def test_catalogue_names_match_files_and_declare_their_states():
+    found = catalogue()
+    assert [s.name for s in found] == sorted(p.stem for p in EXPERIMENTS.glob("*.toml"))
+    assert all(s.states for s in found), [s.name for s in found if not s.states]
+    union = set().union(*(s.states for s in found))
+    assert union <= set(STATES)
+    assert {"LISTEN", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "TIME_WAIT"} <= union, union
 
 
-def test_a_user_file_run_by_path(run, tmp_path):
-    incident = tmp_path / "incident.toml"
-    incident.write_text((EXPERIMENTS / "restart-after-server-close.toml").read_text().replace(
-        'name = "restart-after-server-close"', 'name = "my-incident"'))
-    out = run("experiment", "run", str(incident))
-    assert out.exit_code == 0 and "PASSED: my-incident" in out.stdout
+def test_the_catalogue_is_read_through_importlib_resources_or_the_checkout():
+    root = builtin()
+    assert sorted(f.name for f in root.iterdir() if f.name.endswith(".toml")) == \
+        sorted(p.name for p in EXPERIMENTS.glob("*.toml"))
 
 
-def test_an_expectation_that_differs_exits_1_and_says_which(run, tmp_path):
-    wrong = tmp_path / "wrong.toml"
-    wrong.write_text((EXPERIMENTS / "no-connections.toml").read_text().replace("ok = true", "ok = false"))
-    out = run("experiment", "run", str(wrong))
-    assert out.exit_code == 1
-    assert "FAIL  plain restart: ok: expected False, observed True" in out.stdout
+# -- the runner: progress, the action API, nothing left behind ------------------------------------
+
+WAIT = HEAD + '''[[step]]
+id = "l"
+do = "listen"
+
+[[step]]
+id = "wait"
+do = "table"
+port = "@l"
+states = ["ESTABLISHED"]
+wait_for = 1
+timeout = 1.6
+
+[[expect]]
+step = "wait"
+count = 0
+'''
 
 
-INVALID = [
-    ('[[step]]\nid = "a"\ndo = "teleport"\n', "step[0].do", "unknown step 'teleport'"),
-    ('[[step]]\nid = "a"\ndo = "connect"\n', "step[0].to", "missing"),
-    ('[[step]]\nid = "a"\ndo = "server"\nreuseaddr = "yes"\n', "step[0].reuseaddr", "is a str"),
-    ('[[step]]\nid = "a"\ndo = "connect"\nto = "@nobody"\n', "step[0].to", "names no earlier step"),
-    ('[[step]]\nid = "a"\ndo = "server"\nclose = "sometimes"\n', "step[0].close", "not allowed"),
-    ('[[step]]\nid = "a"\ndo = "table"\nport = "new"\nstates = ["WAITING"]\n', "step[0].states", "unknown state"),
-    ('[[step]]\nid = "a"\ndo = "probe"\nport = "eighty"\n', "step[0].port", "is not a port"),
-]
+def test_a_wait_over_a_second_reports_progress():
+    seen = []
+    report = run_experiment(loads(WAIT), on_progress=seen.append)
+    assert report.passed
+    assert seen and all("0 of 1 entries on port" in text and "s left" in text for text in seen)
 
 
-@pytest.mark.parametrize("body,key,problem", INVALID, ids=[k for _, k, _ in INVALID])
-def test_invalid_files_exit_2_naming_file_key_and_fix(body, key, problem, sub, tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text('name = "bad"\npurpose = "p"\nexplain = "e"\n' + body +
-                    '\n[[expect]]\nstep = "a"\nok = true\n')
-    out = sub("experiment", "run", path)
-    assert out.exit_code == 2, out.stderr
-    line = out.stderr.strip()
-    assert str(path) in line and key in line and problem in line and len(line.splitlines()) == 1
+def test_no_progress_for_a_short_wait():
+    seen = []
+    assert run_experiment(loads(WAIT.replace("timeout = 1.6", "timeout = 0.3")), on_progress=seen.append).passed
+    assert seen == []
 
 
-def test_missing_key_and_unknown_name(sub, tmp_path):
-    path = tmp_path / "nokey.toml"
-    path.write_text('name = "x"\npurpose = "p"\n')
-    out = sub("experiment", "run", path)
-    assert out.exit_code == 2 and "explain: missing" in out.stderr
-    out = sub("experiment", "run", "no-such-experiment")
-    assert out.exit_code == 2 and "no such experiment" in out.stderr
+def test_an_action_registered_through_the_api_runs_and_is_validated(tmp_path):
+    from addrinuse.experiments.actions import action
+    from addrinuse.experiments.params import Count, Port
+    from addrinuse.experiments.scenario import ScenarioError
+
+    undone = []
+
+    @action("test_double", {"port": Port(default=None), "times": Count(default=2, high=10)}, provides=("n",),
+            describe=lambda r: f"doubled to {r['n']}")
+    def test_double(ctx, p):
+        ctx.defer(lambda: undone.append(ctx.step))
+        return {"ok": True, "n": ctx.port(p["port"]) * p["times"]}
+
+    body = HEAD + '[[step]]\nid = "l"\ndo = "listen"\n\n[[step]]\nid = "d"\ndo = "test_double"\nport = "@l"\n' \
+                  'times = 3\n\n[[expect]]\nstep = "d"\nok = true\n'
+    report = run_experiment(loads(body))
+    assert report.passed and report.results["d"]["n"] == 3 * report.results["l"]["port"] and undone == ["d"]
+    with pytest.raises(ScenarioError, match=r"step\[1\]\.times: 11 is out of range: give a whole number from 1 to 10"):
+        loads(body.replace("times = 3", "times = 11"))
 
 
-def test_nothing_is_left_behind_by_a_run_with_a_child_holder():
-    import psutil
+def _temp_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "addrinuse-experiment-*")))
 
-    r = results("listener-still-alive")
-    assert not psutil.pid_exists(r["srv"]["child_pid"]) or \
-        psutil.Process(r["srv"]["child_pid"]).status() == psutil.STATUS_ZOMBIE
+
+def test_no_temp_dir_is_left_on_any_path(tmp_path):
+    before = _temp_dirs()
+    assert run_experiment(find("no-connections")).passed
+    cannot = loads(HEAD + '[[step]]\nid = "s"\ndo = "server"\ncommand = ["/nonexistent/x", "{port}"]\n\n'
+                          '[[expect]]\nstep = "s"\nok = true\n')
+    assert run_experiment(cannot).status == "cannot_run"
+
+    def interrupted(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(find("no-connections"), on_step=interrupted)
+    assert _temp_dirs() <= before
+    assert run_experiment(find("reuseport")).passed and _temp_dirs() <= before  # no built-in server: no dir
+
+
+HANG = '[[step]]\nid = "wait"\ndo = "table"\nport = "@srv"\nstates = ["ESTABLISHED"]\nwait_for = 1\ntimeout = 60\n' \
+    '\n[[expect]]\nstep = "wait"\ncount = 0\n'
+
+
+def _killed_runner(path: Path, server_step: str, while_running=lambda runner: None):
+    """Run a file whose server step is followed by a 60 s wait; once the server listens, call
+    while_running(runner), then SIGKILL the runner. Returns (server pid, what while_running gave)."""
+    path.write_text(HEAD + server_step + HANG)
+    runner = subprocess.Popen([sys.executable, "-m", "addrinuse", "experiment", "run", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = wait_for(lambda: (lambda l: l if "listens on" in l else None)(runner.stdout.readline()), 20,
+                        what="the server to listen")
+        return int(line.split("pid ")[1].split()[0]), while_running(runner)
+    finally:
+        runner.kill()
+        runner.wait()
+
+
+def test_a_killed_runners_temp_dir_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL leaves the runner no chance to clean up; the next run removes what a dead pid left:
+    its temp dir, and the built-in server recorded there."""
+    from addrinuse.experiments.runner import sweep_stale
+
+    def temp_dir(runner):
+        pattern = os.path.join(tempfile.gettempdir(), f"addrinuse-experiment-{runner.pid}-*")
+        return wait_for(lambda: glob.glob(pattern), 5, what="the runner's temp dir")
+
+    server, left = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\n\n', temp_dir)
+    assert not _gone(server)  # the built-in server outlives a SIGKILLed runner (until registry.MemoryRegistry)
+    assert set(left) <= set(sweep_stale()) and not any(os.path.exists(p) for p in left)
+    wait_for(lambda: _gone(server), 5, what="the sweep to stop the dead run's server")
+
+
+def test_the_users_server_dies_with_a_killed_runner(tmp_path):
+    """SIGKILL to the runner cannot run its clean-up: PR_SET_PDEATHSIG ends the user's server anyway.
+    (A command server only: the runner makes no temp dir that SIGKILL could leave.)"""
+    pid, _ = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\ncommand = ["python3", '
+                            '"-m", "http.server", "{port}", "--bind", "127.0.0.1"]\n\n')
+    wait_for(lambda: _gone(pid), 10, what=f"the user's server {pid} to die with its runner")
+
+
+def test_a_step_error_fails_that_experiment_and_the_run_goes_on(tmp_path):
+    bad_host = loads(HEAD + '[[step]]\nid = "p"\ndo = "probe"\nhost = "no-such-host.invalid"\nport = 1\n\n'
+                            '[[expect]]\nstep = "p"\nok = true\n')
+    report = run_experiment(bad_host)
+    assert report.status == "failed" and "step p: host 'no-such-host.invalid' does not resolve" in report.message

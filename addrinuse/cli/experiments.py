@@ -6,7 +6,12 @@ import click
 
 from addrinuse.cli.app import cli, emit
 from addrinuse.cli.options import backend_option, json_option
-from addrinuse.errors import EXIT_FAILED, BadInput
+from addrinuse.errors import BadInput
+
+dir_option = click.option(
+    "--dir", "directory", envvar="ADDRINUSE_EXPERIMENTS_DIR", type=click.Path(file_okay=False),
+    help="A folder of your own .toml scenarios, instead of the catalogue that ships with addrinuse "
+         "(env ADDRINUSE_EXPERIMENTS_DIR).")
 
 
 @cli.group()
@@ -20,92 +25,136 @@ def experiment():
 
 
 @experiment.command("list")
+@dir_option
 @json_option
-def experiment_list(as_json):
-    """List the experiments with their purpose.
+def experiment_list(directory, as_json):
+    """List the experiments: name, the TCP states each observes, purpose.
+
+    Exit 1 when there is none (an empty catalogue is an error, never a pass).
 
     \b
     Example:
-      addrinuse experiment list
+      addrinuse experiment list --dir ci/experiments
     """
     from addrinuse.experiments import catalogue
+    from addrinuse.render.experiments import catalogue_list
 
-    found = catalogue()
+    found = catalogue(directory)
     if as_json:
-        emit({"experiments": [{"name": s.name, "purpose": s.purpose, "slow": s.slow, "path": str(s.path)}
+        emit({"experiments": [{k: v for k, v in s.to_dict().items() if k not in ("steps", "expect", "explain")}
                               for s in found]})
-        return
-    for s in found:
-        click.echo(f"{s.name:<28} " + (s.purpose if len(s.purpose) <= 51 else s.purpose[:48] + "...")
-                   + (" (slow)" if s.slow else ""))
+    else:
+        click.echo(catalogue_list(found))
 
 
 @experiment.command("show")
 @click.argument("name")
+@dir_option
 @json_option
-def experiment_show(name, as_json):
+def experiment_show(name, directory, as_json):
     """Show an experiment's steps and expectations, explained.
 
     \b
     Example:
       addrinuse experiment show reuseaddr-matrix
     """
-    from addrinuse.experiments import find
-    from addrinuse.render import wrap
+    import shlex
 
-    s = find(name)
+    from addrinuse.experiments import find
+    from addrinuse.experiments.actions import actions
+    from addrinuse.render import wrap
+    from addrinuse.render.experiments import value
+
+    s = find(name, directory)
     if as_json:
-        emit({"name": s.name, "purpose": s.purpose, "explain": " ".join(s.explain.split()), "slow": s.slow,
-              "path": str(s.path), "steps": [{"id": st.id, "do": st.do, **st.params} for st in s.steps],
-              "expect": [{"step": e.step, "what": e.what, **e.checks} for e in s.expect]})
+        emit(s.to_dict())
         return
-    click.echo(wrap(f"{s.name}: {s.purpose}") + f"\nfile: {s.path}\n\nsteps:")
+    click.echo(wrap(f"{s.name}: {s.purpose}") + "\n" + wrap(s.path, "file: ", "      ")
+               + "\n" + wrap(" ".join(s.states) or "-", "states: ", "        ") + "\n\nsteps:")
+    table = actions()
     for step in s.steps:
-        params = ", ".join(f"{k}={v}" for k, v in step.params.items() if v not in (None, False, [], ""))
-        click.echo(wrap(params, f"  {step.id:<18} {step.do:<14} ", " " * 36))
+        spec = table[step.do].params  # parameters left at their default are not shown
+        params = ", ".join(f"{k}={shlex.join(v) if k == 'command' else value(v)}" for k, v in step.params.items()
+                           if v is not None and v != spec[k].default)
+        click.echo(wrap(params or "-", f"  {step.id:<18} {step.do:<14} ", " " * 36))
     click.echo("expectations:")
     for e in s.expect:
-        click.echo(wrap(", ".join(f"{k} = {v}" for k, v in e.checks.items()), f"  {e.step:<18} {e.what}: ", " " * 6))
-    click.echo("\n" + wrap(s.explain, "why: "))
+        click.echo(wrap(", ".join(f"{k} = {value(v)}" for k, v in e.checks.items()), f"  {e.step:<18} {e.what}: ",
+                        " " * 6))
+    click.echo("\n" + wrap(s.explain, "why: ", "     "))
 
 
 @experiment.command("run")
 @click.argument("targets", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Run every experiment in the catalogue.")
-@click.option("--slow", is_flag=True, help="With --all: include the slow ones (time-wait-lifetime, ~62 s).")
+@click.option("--all", "everything", is_flag=True, help="Run every experiment of the catalogue (or of --dir).")
+@dir_option
+@click.option("--slow", is_flag=True, help="With --all or --dir: include the slow ones (time-wait-lifetime, ~62 s).")
+@click.option("--junit-xml", "junit_xml", type=click.Path(dir_okay=False),
+              help="Also write a JUnit XML report there (one test case per experiment), for CI.")
 @backend_option
 @json_option
 @click.pass_context
-def experiment_run(ctx, targets, everything, slow, backend, as_json):
-    """Run experiments by name or path; check expected against observed.
+def experiment_run(ctx, targets, everything, directory, slow, junit_xml, backend, as_json):
+    """Run experiments by name or .toml path (or all of them); check expected against observed.
 
-    Exit 0 when every expectation held, 1 when any differed, 2 for an invalid file.
+    Exit 0 when every experiment that ran passed, 1 when any expectation differed (or nothing was
+    found to run), 2 for an invalid file, 6 when an experiment could not run here or every one
+    selected was skipped (a missing requirement: ipv6, root, tracefs). --dir alone runs its folder.
 
     \b
     Example:
       addrinuse experiment run restart-after-server-close my-incident.toml
+      addrinuse experiment run --all --junit-xml experiments.xml
     """
-    from addrinuse.experiments import catalogue, find, run
-    from addrinuse.render.experiments import experiment_report, experiment_step
+    from datetime import datetime, timezone
 
-    if everything == bool(targets):
-        raise BadInput("name experiments (or .toml paths), or pass --all")
-    scenarios = [s for s in catalogue() if slow or not s.slow] if everything else [find(t) for t in targets]
+    from addrinuse.cli.progress import Countdown
+    from addrinuse.experiments import catalogue, find, run, summary, verdict
+    from addrinuse.experiments import junit
+    from addrinuse.render.experiments import experiment_report, experiment_step, header
+
+    if targets and everything:
+        raise BadInput("name experiments (or .toml paths), or pass --all, not both")
+    from click.core import ParameterSource
+
+    dir_given = directory is not None and ctx.get_parameter_source("directory") == ParameterSource.COMMANDLINE
+    if not targets and not everything and not dir_given:  # the env var alone does not mean "run them all"
+        raise BadInput("name experiments (or .toml paths), or pass --all (or --dir DIR)")
+    if junit_xml:
+        junit.check_writable(junit_xml)
+    began = datetime.now(timezone.utc)
+    if targets:
+        scenarios = [find(t, directory) for t in targets]
+    else:
+        scenarios = [s for s in catalogue(directory) if slow or not s.slow]
+        if not scenarios:
+            from addrinuse.experiments import NoExperiments
+
+            raise NoExperiments(directory or "the catalogue", "every one there is slow: add --slow")
     reports = []
     for s in scenarios:
+        countdown = [Countdown(enabled=False if as_json else None)]
+
+        def on_step(row, countdown=countdown):
+            countdown[0].close()
+            click.echo(experiment_step(row))
+            countdown[0] = Countdown(enabled=countdown[0].enabled)
+
         if not as_json:
-            click.echo(f"== {s.name}: {s.purpose}")
-        report = run(s, backend, None if as_json else lambda row: click.echo(experiment_step(row))).to_dict()
+            click.echo(header(s.name, s.purpose))
+        try:
+            report = run(s, backend, None if as_json else on_step, lambda text, c=countdown: c[0](text)).to_dict()
+        finally:
+            countdown[0].close()
         reports.append(report)
         if not as_json:
             click.echo(experiment_report(report) + "\n")
-    passed = all(r["passed"] or r["skipped"] for r in reports)
+    code = verdict(reports)
+    if junit_xml:
+        junit.write(junit_xml, reports, began)
     if as_json:
-        emit({"passed": passed, "experiments": reports})
-    elif len(reports) > 1:
-        done = sum(r["passed"] for r in reports)
-        skipped = [r["name"] for r in reports if r["skipped"]]
-        click.echo(f"{done} passed, {len(reports) - done - len(skipped)} failed"
-                   + (f", {len(skipped)} skipped" if skipped else ""))
-    if not passed:
-        ctx.exit(EXIT_FAILED)
+        emit({"passed": code == 0, "experiments": reports})
+    elif len(reports) > 1 or code:
+        click.echo(summary(reports))
+    if code:
+        ctx.exit(code)

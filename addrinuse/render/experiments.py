@@ -1,37 +1,102 @@
-"""Experiments as text: one line per step, the checks, and the close sequence as two lanes."""
+"""Experiments as text, 80 columns: a header, one line per step, the checks as expected vs
+observed, the explanation, a verdict line; the close sequence as two lanes; the catalogue list."""
 
 from __future__ import annotations
 
-from addrinuse.render import endpoint, outcome, wrap
+import textwrap
+
+from addrinuse.render import WIDTH, outcome, wrap
+
+ID_WIDTH = 18
+
+
+def value(v) -> str:
+    """A value as the TOML that states it: true/false, [a, b], plain strings; None as 'none'."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    return str(v)
+
+
+def header(name: str, purpose: str) -> str:
+    return wrap(purpose, f"== {name}: ", "   ")
 
 
 def experiment_step(row: dict) -> str:
-    """One line per step, from what the step observed."""
+    """The lines of one step's result, each within 80 columns."""
+    from addrinuse.experiments.actions import actions
+
     r, do = row["result"], row["do"]
-    if do == "server":
-        extra = f", child pid {r['child_pid']} holds the listener too" if r.get("child_pid") else ""
-        text = f"pid {r['pid']} listens on port {r['port']} (SO_REUSEADDR {'on' if r['reuseaddr'] else 'off'}){extra}"
-    elif do == "connect":
-        text = f"{r['count']} connections; the server closed {r['server_closed_first']} first (close={r['policy']})"
-    elif do == "kill":
-        text = f"stopped {r['stopped']}" + ("" if r["exited"] else " (STILL RUNNING)")
+    action = actions().get(do)
+    if action and action.describe:
+        text = action.describe(r)
     elif do in ("listen", "bind", "listen_bound", "probe"):
         text = f"port {r['port']}: {do}: {outcome(r)}"
     elif do == "close":
         text = f"closed {r['closed']}"
-    elif do == "table":
-        states = sorted({e["state"] for e in r["entries"]})
-        pids = f", held by pid {', '.join(map(str, r['pids']))}" if r["pids"] else ""
-        text = f"{r['count']} entries on port {r['port']} {'/'.join(states) or ''}{pids}"
-    elif do == "wait_gone":
-        text = (f"gone after {r['lifetime_s']} s" if r["gone"] else "still there at the timeout")
-        if "gap_s" in r:
-            text += f"; rebind {outcome(r)} {r['gap_s'] * 1000:.1f} ms later"
-    elif do == "close_sequence":
-        text = f"port {r['port']} <-> client port {r['client_port']}:\n" + sequence_diagram(r)
     else:
-        text = str(r)
-    return f"  {row['id']:<18} {text}"
+        text = ", ".join(f"{k}={value(v)}" for k, v in r.items() if not isinstance(v, (dict, list)))
+    first, _, rest = text.partition("\n")
+    lead = f"  {row['id']:<{ID_WIDTH}} "
+    if len(lead) > 2 + ID_WIDTH + 1:
+        lead = f"  {row['id']}\n" + " " * (3 + ID_WIDTH)
+    head = textwrap.fill(first, WIDTH, initial_indent=lead, subsequent_indent=" " * (3 + ID_WIDTH),
+                         break_on_hyphens=False)
+    return head + ("\n" + rest if rest else "")
+
+
+def step_lines(steps: list[dict]) -> list[str]:
+    return [experiment_step(row) for row in steps]
+
+
+VERDICT = {True: "ok", False: "FAIL", None: "skip"}
+
+
+def checks_table(checks: list[dict]) -> str:
+    """One line per check, 'ok/FAIL/skip  what: expected X, observed Y'; where that passes 80
+    columns, expected and observed go on the lines below it, each wrapped on its own."""
+    lines = []
+    for c in checks:
+        lead = f"  {VERDICT[c['ok']]:<4}  "
+        expected, observed = f"expected {value(c['expected'])}", f"observed {value(c['observed'])}"
+        line = f"{lead}{c['what']}: {expected}, {observed}"
+        if len(line) <= WIDTH:
+            lines.append(line)
+            continue
+        lines.append(textwrap.fill(f"{c['what']}:", WIDTH, initial_indent=lead, subsequent_indent=" " * 10))
+        both = f"{expected}, {observed}"
+        parts = [both] if len(both) <= WIDTH - 10 else [expected + ",", observed]
+        lines += [textwrap.fill(part, WIDTH, initial_indent=" " * 10, subsequent_indent=" " * 12,
+                                break_on_hyphens=False) for part in parts]
+    return "\n".join(lines)
+
+
+def experiment_report(report: dict) -> str:
+    """Everything after the steps: checks, the reason a run ended early, why, the verdict line."""
+    lines = [checks_table(report["checks"])] if report["checks"] else []
+    if report.get("message"):
+        lines.append(wrap(report["message"], "  stopped: ", " " * 11))
+    if report["status"] != "skipped":
+        lines.append(wrap(report["explain"], "  why: ", " " * 7))
+    status = {"passed": "PASSED", "failed": "FAILED", "skipped": "SKIPPED", "cannot_run": "COULD NOT RUN"}[report["status"]]
+    tail = f"({report['skipped']})" if report["skipped"] else \
+        f"in {report['duration_s']:.2f} s, ports {value(report['ports'])}, kernel {report['kernel']}"
+    lines.append(wrap(tail, f"{status}: {report['name']} ", "  "))
+    return "\n".join(lines)
+
+
+def catalogue_list(scenarios: list) -> str:
+    """`experiment list`: a header, then each experiment's name and states, its purpose below."""
+    lines = [f"{'NAME':<28} STATES OBSERVED"]
+    for s in scenarios:
+        name = s.name + (" (slow)" if s.slow else "")
+        states = " ".join(s.states) or "-"
+        lines.append(wrap(states, f"{name:<28} ", " " * 29) if len(name) < 28 else f"{name}\n{'':<29}{states}")
+        lines.append(wrap(s.purpose, "    ", "    "))
+    return "\n".join(lines)
 
 
 ARROWS = {  # the segment each observed transition stands for, drawn between the lanes
@@ -60,23 +125,10 @@ def sequence_diagram(r: dict) -> str:
         arrow = ARROWS.get((end, state), "")
         label = state + mark
         left, right = (label, "") if end == "active" else ("", label)
-        lines.append(f"  {t:8.4f}  {left:<24}{arrow:^14}{right}")
+        lines.append(f"  {t:8.4f}  {left:<24}{arrow:^14}{right}".rstrip())
     if r.get("trace_unavailable"):
-        lines.append(f"  (no kernel tracepoint: {r['trace_unavailable']}; LAST_ACK is too short to poll)")
+        lines.append(wrap(f"(no kernel tracepoint: {r['trace_unavailable']}; LAST_ACK is too short to poll)",
+                          "  ", "   "))
     else:
         lines.append("  * seen only by the kernel tracepoint sock:inet_sock_set_state")
-    return "\n".join(lines)
-
-
-def experiment_report(report: dict) -> str:
-    lines = []
-    for c in report["checks"]:
-        verdict = {True: "ok  ", False: "FAIL", None: "skip"}[c["ok"]]
-        lines.append(f"  {verdict}  {c['what']}: expected {c['expected']}, observed {c['observed']}")
-    import textwrap
-
-    lines += textwrap.wrap(" ".join(report["explain"].split()), 78, initial_indent="  why: ", subsequent_indent="       ")
-    status = "SKIPPED (" + report["skipped"] + ")" if report["skipped"] else "PASSED" if report["passed"] else "FAILED"
-    lines.append(f"{status}: {report['name']} in {report['duration_s']:.2f} s, ports {report['ports']}, "
-                 f"kernel {report['kernel']}")
     return "\n".join(lines)
