@@ -63,3 +63,12 @@ def _strerror(err: int) -> str:
     import os
 
     return os.strerror(err)
+
+
+class LabUnavailable(AddrinuseError):
+    """No network-namespace lab can be made here (not root, no nft/ip, no namespaces); the message
+    is the reason, fit for a test's or an experiment's 'skipped'."""
+
+
+class LabError(AddrinuseError):
+    """A lab step failed (an agent died, nft or ip refused a command); the message says which."""

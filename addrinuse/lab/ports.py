@@ -1,0 +1,99 @@
+"""The client-port-exhaustion lab experiment (exported by addrinuse.lab.scenarios)."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+from addrinuse.errors import LabError, SocketCallError
+from addrinuse.lab.pair import Lab
+from addrinuse.lab.steps import (active_close_segments, handshake_segments, in_table, lab_info, lanes, listen,
+                                 new_sequence, open_connection, wait)
+
+
+def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)) -> dict:
+    """ip_local_port_range of `ports` ports in A's namespace; `ports` connections closed by A first
+    leave as many TIME_WAIT entries (each blocks its port toward this server); the next connect()
+    fails EADDRNOTAVAIL (__inet_hash_connect finds no port) and bind-before-connect to port 0
+    EADDRINUSE (inet_csk_find_open_port: every port conflicts with a TIME_WAIT bind entry). Then
+    tcp_tw_reuse = 1 (TCP timestamps are on): connect() takes over a TIME_WAIT entry once it is
+    older than tcp_tw_reuse_delay ms (6.x; whole seconds before), measured as the recovery time.
+    Each delay in reuse_delays_ms is one round toward a fresh listener (None: the kernel's default;
+    a delay where the sysctl does not exist is reported as skipped)."""
+    with Lab() as lab:
+        a = lab.a
+        low = 40000
+        a.sysctl("ipv4/ip_local_port_range", f"{low} {low + ports - 1}")
+        has_delay = _sysctl_exists(a, "ipv4/tcp_tw_reuse_delay")
+        rounds, seq = [], None
+        for delay in reuse_delays_ms:
+            if delay is not None and not has_delay:
+                rounds.append({"reuse_delay_ms": delay, "skipped": "no tcp_tw_reuse_delay on this kernel"})
+                continue
+            a.sysctl("ipv4/tcp_tw_reuse", 0)
+            if has_delay:
+                a.sysctl("ipv4/tcp_tw_reuse_delay", 1000 if delay is None else delay)
+            listener = listen(lab)
+            conns = []
+            for _ in range(ports):
+                conn, a_sock, b_sock, _ = open_connection(lab, listener)
+                a_sock.close()
+                wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), 2, "B in CLOSE_WAIT")
+                b_sock.close()
+                wait(lambda: in_table(a, conn.a_key, "TIME_WAIT"), 2, "A in TIME_WAIT")
+                conns.append(conn)
+            port = listener.sockname[1]
+            if seq is None:
+                seq = new_sequence(f"Client port exhaustion: {ports} ports, {ports} TIME_WAIT", lab, conns[0])
+                first, last, until = conns[0], conns[-1], time.monotonic()
+            tw = sum(1 for r in a.table(port) if r["state"] == "TIME_WAIT" and r["raddr"] == lab.b.addr)
+            connect_err = _attempt(a, lambda s: s.connect(lab.b.addr, port))
+            bind_err = _attempt(a, lambda s: s.bind(a.addr, 0))
+            t_on = time.monotonic()
+            a.sysctl("ipv4/tcp_tw_reuse", 1)
+            attempts = 0
+            while True:
+                attempts += 1
+                s = a.socket()
+                try:
+                    s.connect(lab.b.addr, port)
+                    break
+                except SocketCallError as err:
+                    s.close()
+                    if err.errno != errno.EADDRNOTAVAIL or time.monotonic() - t_on > 5:
+                        raise
+                    time.sleep(0.005)
+            recovered = s.t
+            reused = next(c for c in conns if c.a_port == s.sockname[1])
+            fin = next(e.mono for e in lab.tracer.history if e.key == reused.b_key and e.new_state == "LAST_ACK")
+            rounds.append({"reuse_delay_ms": 1000 if delay is None else delay, "timewait_entries": tw,
+                           "connect_errno": connect_err, "bind_errno": bind_err,
+                           "recovered_after_enable_s": round(recovered - t_on, 4), "attempts": attempts,
+                           "reused_port": reused.a_port, "reused_entry_age_s": round(recovered - fin, 4)})
+            s.close()
+        a_steps, b_steps = lanes(seq, lab, first, until=until)
+        handshake_segments(seq, a_steps, b_steps)
+        active_close_segments(seq, a_steps, b_steps)
+        return {"experiment": "client-port-exhaustion", "lab": lab_info(lab), "ports": ports,
+                "port_range": [low, low + ports - 1], "rounds": rounds,
+                "first_connection": list(first.a_key), "last_connection": list(last.a_key), **seq.result()}
+
+
+def _attempt(end, action) -> dict | None:
+    """The error of action(new socket), or None; the socket is closed either way."""
+    sock = end.socket()
+    try:
+        action(sock)
+    except SocketCallError as err:
+        return {"syscall": err.syscall, "errno": err.errno, "errname": err.errname}
+    finally:
+        sock.close()
+    return None
+
+
+def _sysctl_exists(end, key: str) -> bool:
+    try:
+        end.sysctl(key)
+        return True
+    except LabError:
+        return False
