@@ -246,6 +246,7 @@ class Tracer:
         self.dir = os.path.join(self.root, "instances", self.name)
         self.history: list[TraceEvent] = []
         self.parsed = 0  # lines of our events read, before the address/port filter
+        self.reader_cpu_s: float | None = None  # set when the reader thread ends
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._empty_at = 0.0  # the last time.monotonic() at which trace_pipe was found empty
@@ -331,6 +332,12 @@ class Tracer:
 
     # -- the reader -----------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._read()
+        finally:
+            self.reader_cpu_s = time.thread_time()  # CPU this reader thread used, for make bench
+
+    def _read(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake[0], select.POLLIN)
