@@ -27,7 +27,7 @@ def syn_sent() -> dict:
         conn = Conn(lab.a.addr, sock.sockname[1], lab.b.addr, port)
         est = event(lab, lambda e: e.key == conn.a_key and e.new_state == "ESTABLISHED", "A established", 4)
         b_sock = listener.accept()
-        wait(lambda: all(p.polls >= 2 and p._last > est.mono for p in polls), 2, "polls after the handshake")
+        wait(lambda: all(p.polled_after(est.mono) for p in polls), 2, "polls after the handshake")
         for p in polls:
             p.stop()
         history = lab.tracer.snapshot()
@@ -74,7 +74,7 @@ def syn_received() -> dict:
         synack = event(lab, lambda e: e.kind == "retransmit_synack" and e.key == conn.b_key, "B resends SYN-ACK", 4)
         est = event(lab, lambda e: e.key == conn.b_key and e.new_state == "ESTABLISHED", "B established", 2)
         b_sock = listener.accept()
-        wait(lambda: poll_b.polls >= 2 and poll_b._last > est.mono, 2, "a poll after the handshake")
+        wait(lambda: poll_b.polled_after(est.mono), 2, "a poll after the handshake")
         poll_b.stop()
         seq = new_sequence("SYN_RECV: the final ACK is lost, B resends its SYN-ACK", lab, conn)
         a, b = lanes(seq, lab, conn)

@@ -31,7 +31,7 @@ class Phase:
     first: float
     last: float
     timer: str | None = None
-    expires: list = field(default_factory=list)  # [(t, expires_s)] at each poll
+    expires: list = field(default_factory=list)  # [(poll start, poll end, expires_s)] at each poll
 
 
 class Poller(threading.Thread):
@@ -45,11 +45,12 @@ class Poller(threading.Thread):
         self.gone: dict[tuple, tuple[float, float]] = {}
         self.polls = 0
         self._halt = threading.Event()
-        self._last = None
+        self.started: float | None = None
+        self.last_start: float | None = None  # start of the last completed poll
         self.error: Exception | None = None
 
     def run(self) -> None:
-        self._last = time.monotonic()  # a state seen at the first poll began after the poller started
+        self.started = time.monotonic()  # a state seen at the first poll began after this
         try:
             while not self._halt.is_set():
                 self.poll()
@@ -58,9 +59,12 @@ class Poller(threading.Thread):
             self.error = err
 
     def poll(self) -> None:
+        """One dump. It happened at some instant between `start` and `now`: a state first seen
+        began after the previous dump's start, and before `now`."""
+        start = time.monotonic()
         rows = self.end.table(self.port)
         now = time.monotonic()
-        before = self._last if self._last is not None else now
+        before = self.last_start if self.last_start is not None else self.started or start
         present = set()
         for row in rows:
             key = (row["laddr"], row["lport"], row["raddr"], row["rport"])
@@ -71,11 +75,15 @@ class Poller(threading.Thread):
                 phases.append(Phase(row["state"], before, now, now, row["timer"]))
             phases[-1].last = now
             if row["expires_s"] is not None:
-                phases[-1].expires.append((now, row["expires_s"]))
+                phases[-1].expires.append((start, now, row["expires_s"]))
         for key in self.phases.keys() - present - self.gone.keys():
-            self.gone[key] = (before, now)
-        self._last = now
+            self.gone[key] = (self.phases[key][-1].last, now)
+        self.last_start = start
         self.polls += 1
+
+    def polled_after(self, mono: float) -> bool:
+        """True once a whole poll has run after `mono` (its dump saw the table as of after it)."""
+        return self.last_start is not None and self.last_start > mono
 
     def stop(self) -> None:
         self._halt.set()

@@ -37,7 +37,7 @@ def lost_final_ack() -> dict:
         b_sock.shutdown()
         retx = event(lab, lambda e: e.kind == "retransmit" and e.key == conn.b_key, "B's FIN resent", 3)
         closed = event(lab, lambda e: e.key == conn.b_key and e.new_state == "CLOSED", "B closed", 3)
-        wait(lambda: poll_a.polls >= 3 and poll_a._last > closed.mono + 0.03, 2, "polls after the resent FIN")
+        wait(lambda: poll_a.polled_after(closed.mono + 0.02), 2, "polls after the resent FIN")
         poll_a.stop()
         status = b_sock.status()
         counters = lab.b.counters()
@@ -56,8 +56,8 @@ def lost_final_ack() -> dict:
             seq.poll_phase("a", poll_a.phase(conn.a_key, state))
         tw = poll_a.phase(conn.a_key, "TIME_WAIT")
         samples = tw.expires if tw else []
-        pre = [(t, x) for t, x in samples if t < retx.mono]
-        post = [(t, x) for t, x in samples if t > retx.mono]
+        pre = [(end, x) for _, end, x in samples if end < retx.mono]  # dumped before the resent FIN
+        post = [(start, x) for start, _, x in samples if start > retx.mono]  # and after it
         return {
             "experiment": "lost-final-ack", "lab": lab_info(lab),
             "fin_retransmit_delay_ms": ms(retx.mono, fin), "fin_retransmit_state": retx.new_state,
@@ -256,7 +256,7 @@ def fin_wait_2_timeout(fin_timeout_s: int = 1) -> dict:
         seq.state("a", "CLOSED", last_seen, "poll", missing)
         seq.segment("b", "a", "FIN", mono(b, "LAST_ACK"), mono(b, "LAST_ACK"))
         seq.segment("a", "b", "RST", sent.mono if sent else None, rst.mono, "rst")
-        first = phase.expires[0] if phase and phase.expires else None
+        first = phase.expires[0][1:] if phase and phase.expires else None  # (poll end, time left)
         return {
             "experiment": "fin-wait-2-timeout", "lab": lab_info(lab), "fin_timeout_s": fin_timeout_s,
             "timer": phase.timer if phase else None,
@@ -280,4 +280,19 @@ EXPERIMENTS = {
     "fin-wait-2-timeout": fin_wait_2_timeout,
     "syn-sent": syn_sent,
     "syn-received": syn_received,
+}
+
+# The states each experiment observes live (tracepoint or poll), for `experiment list`; the tests
+# check each against what a run saw, and that together they cover every state of RFC 9293.
+_OPEN = ("LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED")
+_ACTIVE_CLOSE = _OPEN + ("FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSED")
+STATES = {
+    "lost-final-ack": _ACTIVE_CLOSE + ("TIME_WAIT",),
+    "lost-final-ack-without-time-wait": _ACTIVE_CLOSE,
+    "client-port-exhaustion": _ACTIVE_CLOSE + ("TIME_WAIT",),
+    "simultaneous-close": _OPEN + ("FIN_WAIT1", "CLOSING", "TIME_WAIT"),
+    "time-wait-bucket-overflow": _ACTIVE_CLOSE,
+    "fin-wait-2-timeout": _ACTIVE_CLOSE,
+    "syn-sent": _OPEN,
+    "syn-received": _OPEN,
 }
