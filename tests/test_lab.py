@@ -5,13 +5,16 @@ not change, and that no namespace, agent or tracefs instance of it is left."""
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import json
 import os
-import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -23,6 +26,8 @@ from addrinuse.lab.observe import ALL_STATES
 from tests.helpers import wait_for
 
 REASON = unavailable_reason() or tracepoint.unavailable_reason()
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 
@@ -41,12 +46,13 @@ def host_ruleset() -> str:
     return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
 
 
-def reachable_netns() -> set[int]:
-    """Every network namespace a process holds, as its own or through an open fd."""
-    found = set()
+def reachable_netns() -> dict[int, str]:
+    """Every network namespace a process holds, as its own or through an open fd: inode -> a path
+    that opens it."""
+    found = {}
     for ns in glob.glob("/proc/[0-9]*/ns/net"):
         try:
-            found.add(os.stat(ns).st_ino)
+            found.setdefault(os.stat(ns).st_ino, ns)
         except OSError:
             pass
     for fd in glob.glob("/proc/[0-9]*/fd/*"):
@@ -55,8 +61,39 @@ def reachable_netns() -> set[int]:
         except OSError:
             continue
         if link.startswith("net:["):
-            found.add(int(link[5:-1]))
+            found.setdefault(int(link[5:-1]), fd)
     return found
+
+
+def cookie_of(path: str) -> int | None:
+    """SO_NETNS_COOKIE of the namespace at path, read by a thread that enters it (setns is per
+    thread) and ends there."""
+    out = {}
+
+    def enter() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # gone meanwhile
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) == 0:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    out["cookie"] = struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    return out.get("cookie")
+
+
+def still_reachable(netns: dict[int, int]) -> set[int]:
+    """Which of our namespaces ({inode: cookie}) a process still holds. Inodes are reused as soon
+    as a namespace is freed (another lab, e.g. the other pytest worker, may get the same number),
+    so an inode that is reachable again is compared by cookie, which is never reused."""
+    reachable = reachable_netns()
+    return {ino for ino, cookie in netns.items() if ino in reachable and cookie_of(reachable[ino]) == cookie}
 
 
 def state_of(pid: int) -> str | None:
@@ -80,7 +117,7 @@ def leaves_nothing(monkeypatch):
 
     def recording_enter(self):
         lab = enter(self)
-        built.append({"pids": lab.pids, "netns": {lab.a.netns, lab.b.netns},
+        built.append({"pids": lab.pids, "netns": {lab.a.netns: lab.a.netns_cookie, lab.b.netns: lab.b.netns_cookie},
                       "instance": lab.tracer.name if lab.tracer else None})
         return lab
 
@@ -91,7 +128,7 @@ def leaves_nothing(monkeypatch):
     assert host_ruleset() == ruleset
     for lab in built:
         assert all(state_of(pid) in (None, "Z") for pid in lab["pids"])
-        assert not lab["netns"] & reachable_netns()
+        assert not still_reachable(lab["netns"])
         assert lab["instance"] not in instances()
 
 
@@ -152,7 +189,7 @@ HOLDER = textwrap.dedent("""
     import json, time
     from addrinuse.lab import Lab
     with Lab() as lab:
-        print(json.dumps({"pids": lab.pids, "netns": [lab.a.netns, lab.b.netns],
+        print(json.dumps({"pids": lab.pids, "netns": {lab.a.netns: lab.a.netns_cookie, lab.b.netns: lab.b.netns_cookie},
                           "instance": lab.tracer.name, "janitor": lab.tracer._janitor[0]}), flush=True)
         time.sleep(60)
 """)
@@ -161,13 +198,14 @@ HOLDER = textwrap.dedent("""
 def test_sigkill_of_the_owner_leaves_nothing():
     owner = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
     info = json.loads(owner.stdout.readline())
-    assert set(info["netns"]) <= reachable_netns() and info["instance"] in instances()
+    netns = {int(ino): cookie for ino, cookie in info["netns"].items()}
+    assert still_reachable(netns) == set(netns) and info["instance"] in instances()
     owner.kill()
     owner.wait(timeout=10)
     owner.stdout.close()
     for pid in info["pids"] + [info["janitor"]]:  # PR_SET_PDEATHSIG killed the agents
         wait_for(lambda: state_of(pid) in (None, "Z"), 5, what=f"process {pid} to die")
-    wait_for(lambda: not set(info["netns"]) & reachable_netns(), 5, what="the namespaces to go")
+    wait_for(lambda: not still_reachable(netns), 5, what="the namespaces to go")
     wait_for(lambda: info["instance"] not in instances(), 5, what="the tracefs instance to go")
 
 

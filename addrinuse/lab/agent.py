@@ -38,6 +38,7 @@ from addrinuse.conntable.netlink import NetlinkBackend, state_mask
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h
 TOOLS = ("ip", "nft", "tc")  # the only programs an agent runs, found on a fixed path
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SYSCTL = re.compile(r"^(ipv4|ipv6|core)/[a-z0-9_/.-]+$")
@@ -133,7 +134,17 @@ class Agent:
 
     # -- the namespace ----------------------------------------------------------------------------
     def op_hello(self) -> dict:
-        return {"pid": os.getpid(), "netns": os.stat("/proc/self/ns/net").st_ino, "unshare_ms": self.unshare_ms}
+        """The namespace's inode (reused by later namespaces once this one is gone) and its cookie
+        (SO_NETNS_COOKIE, Linux 5.14: never reused while the system runs; None before 5.14)."""
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            cookie = struct.unpack("=Q", probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        except OSError:
+            cookie = None
+        finally:
+            probe.close()
+        return {"pid": os.getpid(), "netns": os.stat("/proc/self/ns/net").st_ino, "netns_cookie": cookie,
+                "unshare_ms": self.unshare_ms}
 
     def op_run(self, argv: list[str], stdin: str = "") -> dict:
         if argv[0] not in TOOLS:

@@ -138,6 +138,23 @@ def _burst(port: int, cycles: int) -> dict:
             "trace_cpu_us_per_event": round(cpu / tracer.parsed * 1e6, 2) if tracer.parsed else None}
 
 
+def lab_costs(labs: int = 10) -> dict:
+    """Medians over `labs` labs (no tracer) of: unshare(CLONE_NEWNET) in the agent, both agents
+    forked and ready, the veth pair made, addressed and up (two `ip -batch` runs), the whole
+    build, and the teardown."""
+    from addrinuse.lab import Lab
+
+    rows = []
+    for _ in range(labs):
+        t = time.monotonic()
+        lab = Lab(trace=()).__enter__()
+        built = time.monotonic()
+        lab.close()
+        rows.append({**lab.cost_ms, "build": (built - t) * 1000, "teardown": (time.monotonic() - built) * 1000})
+    keys = ("unshare_a", "unshare_b", "namespaces", "veth", "build", "teardown")
+    return {"labs": labs, **{f"{k}_ms": round(statistics.median(r[k] for r in rows), 2) for k in keys}}
+
+
 def trace_vs_poll(cycles: int = 25, hold_s: float = 0.1, interval_s: float = 0.05, burst: int = 10_000) -> dict:
     """hold_s > interval_s, so the poller can see every listener (it reports the ones it missed)."""
     port = _port()
@@ -147,4 +164,4 @@ def trace_vs_poll(cycles: int = 25, hold_s: float = 0.1, interval_s: float = 0.0
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(trace_vs_poll(), indent=2))
+    print(json.dumps({"lab": lab_costs(), "tracepoint": trace_vs_poll()}, indent=2))

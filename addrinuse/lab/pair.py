@@ -146,8 +146,10 @@ class End:
         self.name, self.pid = name, pid
         self.ctl, self.obs = Channel(ctl, name), Channel(obs, name)
         self.addr = ""
-        self.netns: int | None = None
+        self.netns: int | None = None  # inode of the namespace (reused after it is gone)
+        self.netns_cookie: int | None = None  # SO_NETNS_COOKIE: unique for the system's uptime
         self.sysctl_log: dict[str, str] = {}
+        self.has_table = False
 
     def run(self, *argv: str, stdin: str = "") -> str:
         out, _ = self.ctl.call("run", argv=list(argv), stdin=stdin)
@@ -180,10 +182,16 @@ class End:
         return self.obs.call("netstat")[0]
 
     def nft(self, ruleset: str) -> None:
+        """Apply nft commands in this namespace; the first call also creates table inet lab."""
+        if not self.has_table:
+            ruleset = BASE_RULESET + ruleset
         self.run("nft", "-f", "-", stdin=ruleset)
+        self.has_table = True
 
     def counters(self, table: str = "lab") -> dict[str, int]:
         """Packets of each named counter in table inet <table>."""
+        if not self.has_table:
+            return {}
         data = json.loads(self.run("nft", "-j", "list", "counters", "table", "inet", table))
         return {c["counter"]["name"]: c["counter"]["packets"] for c in data["nftables"] if "counter" in c}
 
@@ -224,7 +232,7 @@ class Lab:
         end = End(name, *spawn(name))
         self._ends.append(end)
         hello, _ = end.ctl.call("hello")
-        end.netns = hello["netns"]
+        end.netns, end.netns_cookie = hello["netns"], hello["netns_cookie"]
         self.cost_ms[f"unshare_{name}"] = round(hello["unshare_ms"], 3)
         return end
 
@@ -249,7 +257,6 @@ class Lab:
             # the counters and the token buckets some experiments use.
             end.sysctl("ipv6/conf/all/disable_ipv6", 1)
             end.sysctl("ipv6/conf/default/disable_ipv6", 1)
-            end.nft(BASE_RULESET)
         if self.trace_kinds:
             from addrinuse.tracepoint import Tracer
 
