@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 
+import psutil
 import pytest
 
 from addrinuse import tracepoint
@@ -96,12 +97,12 @@ def still_reachable(netns: dict[int, int]) -> set[int]:
     return {ino for ino, cookie in netns.items() if ino in reachable and cookie_of(reachable[ino]) == cookie}
 
 
-def state_of(pid: int) -> str | None:
+def dead(pid: int) -> bool:
+    """Gone or a zombie (a zombie is dead; its parent has not reaped it yet)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def instances() -> set[str]:
@@ -127,7 +128,7 @@ def leaves_nothing(monkeypatch):
     assert host_sysctls() == sysctls
     assert host_ruleset() == ruleset
     for lab in built:
-        assert all(state_of(pid) in (None, "Z") for pid in lab["pids"])
+        assert all(dead(pid) for pid in lab["pids"])
         assert not still_reachable(lab["netns"])
         assert lab["instance"] not in instances()
 
@@ -204,7 +205,7 @@ def test_sigkill_of_the_owner_leaves_nothing():
     owner.wait(timeout=10)
     owner.stdout.close()
     for pid in info["pids"] + [info["janitor"]]:  # PR_SET_PDEATHSIG killed the agents
-        wait_for(lambda: state_of(pid) in (None, "Z"), 5, what=f"process {pid} to die")
+        wait_for(lambda: dead(pid), 5, what=f"process {pid} to die")
     wait_for(lambda: not still_reachable(netns), 5, what="the namespaces to go")
     wait_for(lambda: info["instance"] not in instances(), 5, what="the tracefs instance to go")
 

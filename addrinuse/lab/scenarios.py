@@ -13,8 +13,8 @@ import time
 from addrinuse.lab.observe import Poller
 from addrinuse.lab.pair import Lab
 from addrinuse.lab.steps import (FIN, PURE_ACK, active_close_segments, count, drop_once, event,
-                                 handshake_segments, in_table, lab_info, lanes, mono, ms, netstat_delta,
-                                 new_sequence, open_connection, to_a, to_b, wait)
+                                 handshake_segments, in_table, lab_info, lanes, lost_ack_segments, mono, ms,
+                                 netstat_delta, new_sequence, open_connection, to_a, to_b, wait)
 
 
 def lost_final_ack() -> dict:
@@ -45,12 +45,7 @@ def lost_final_ack() -> dict:
 
         seq = new_sequence("Lost final ACK: B resends its FIN, A's TIME_WAIT answers it", lab, conn)
         a, b = lanes(seq, lab, conn)
-        handshake_segments(seq, a, b)
-        active_close_segments(seq, a, b)
-        fin = mono(b, "LAST_ACK")
-        seq.segment("b", "a", "FIN", fin, fin)
-        seq.segment("a", "b", "ACK", fin, None, "lost")
-        seq.segment("b", "a", "FIN", retx.mono, retx.mono, "retransmit")
+        fin = lost_ack_segments(seq, a, b, retx)
         seq.segment("a", "b", "ACK", retx.mono, closed.mono)
         for state in ("FIN_WAIT2", "TIME_WAIT"):
             seq.poll_phase("a", poll_a.phase(conn.a_key, state))
@@ -118,12 +113,7 @@ def lost_final_ack_without_time_wait(method: str = "tw_buckets") -> dict:
         a, b = lanes(seq, lab, conn, a_timewait=method == "destroy")
         if destroyed is not None:
             seq.state("a", "CLOSED", t_destroy, "inferred", cause="SOCK_DESTROY")
-        handshake_segments(seq, a, b)
-        active_close_segments(seq, a, b)
-        fin = mono(b, "LAST_ACK")
-        seq.segment("b", "a", "FIN", fin, fin)
-        seq.segment("a", "b", "ACK", fin, None, "lost")
-        seq.segment("b", "a", "FIN", retx.mono, retx.mono, "retransmit")
+        fin = lost_ack_segments(seq, a, b, retx)
         seq.segment("a", "b", "RST", rst_out.mono if rst_out else retx.mono, rst_in.mono, "rst")
         return {
             "experiment": "lost-final-ack-without-time-wait", "lab": lab_info(lab), "method": method,

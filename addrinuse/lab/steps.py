@@ -117,6 +117,18 @@ def active_close_segments(seq: Sequence, a: dict, b: dict) -> None:
     seq.segment("b", "a", "ACK", mono(b, "CLOSE_WAIT"), mono(a, "FIN_WAIT2"))
 
 
+def lost_ack_segments(seq: Sequence, a: dict, b: dict, retx) -> float | None:
+    """The whole connection up to B's resent FIN, A's ACK of B's first FIN drawn lost. Returns the
+    time of B's FIN (B: CLOSE_WAIT -> LAST_ACK; on a veth pair it arrives in the same instant)."""
+    handshake_segments(seq, a, b)
+    active_close_segments(seq, a, b)
+    fin = mono(b, "LAST_ACK")
+    seq.segment("b", "a", "FIN", fin, fin)
+    seq.segment("a", "b", "ACK", fin, None, "lost")
+    seq.segment("b", "a", "FIN", retx.mono, retx.mono, "retransmit")
+    return fin
+
+
 def ms(later: float | None, earlier: float | None) -> float | None:
     return None if later is None or earlier is None else round((later - earlier) * 1000, 3)
 
