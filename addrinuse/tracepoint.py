@@ -397,14 +397,22 @@ class Tracer:
         with self._cond:
             self._cond.wait_for(lambda: self._empty_at >= now, timeout)
 
-    def events(self, timeout: float | None = None) -> Iterator[TraceEvent]:
-        """Events as they arrive; ends after `timeout` seconds without one (None: never)."""
+    def events(self, timeout: float | None = None, deadline: float | None = None) -> Iterator[TraceEvent]:
+        """Events as they arrive. Ends after `timeout` s without one, or at time.monotonic()
+        `deadline` (e.g. a watch's --duration); None: never. For `watch --source trace`:
+            with Tracer(("state",), ports=(port,), keep=False) as tracer:
+                for event in tracer.events(deadline=end): print(event.to_dict())"""
         while True:
+            ends = [t for t in (None if timeout is None else time.monotonic() + timeout, deadline) if t is not None]
+            end = min(ends) if ends else None
             with self._cond:
-                if not self._queue and not self._cond.wait_for(lambda: self._queue or self._thread is None, timeout):
-                    return
+                while not self._queue and self._thread is not None:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return
+                    self._cond.wait(left)
                 if not self._queue:
-                    return
+                    return  # the tracer was closed
                 event = self._queue.popleft()
             yield event
 

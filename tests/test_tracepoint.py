@@ -179,3 +179,13 @@ def test_shutdown_side_enters_time_wait_at_the_hand_off():
     steps = lane(own, peer)
     assert [s["state"] for s in steps][-3:] == ["FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
     assert steps[-1]["source"] == "trace" and "handoff_mono" not in steps[-2]
+
+
+def test_events_end_at_the_deadline_or_after_the_idle_timeout():
+    with Tracer(("state",), ports=(1,), addrs=("127.99.0.1",), keep=False) as tracer:
+        start = time.monotonic()
+        assert list(tracer.events(deadline=start + 0.2)) == []
+        assert 0.2 <= time.monotonic() - start < 1.0
+        start = time.monotonic()
+        assert list(tracer.events(timeout=0.1, deadline=start + 5)) == []
+        assert 0.1 <= time.monotonic() - start < 1.0

@@ -79,7 +79,8 @@ def _spaced(port: int, cycles: int, hold_s: float, interval_s: float) -> dict:
         backend = NetlinkBackend()
         present = False
         while not stop.is_set():
-            found = bool(backend.snapshot(port, ["LISTEN"], local=True))
+            # by address too: another program may listen on the same port number elsewhere
+            found = any(e.laddr == HOST for e in backend.snapshot(port, ["LISTEN"], local=True))
             polls[0] += 1
             if found and not present:
                 detections.append(time.monotonic())
