@@ -19,15 +19,12 @@ net/ipv4/tcp_minisocks.c):
   does TIME_WAIT's expiry. `lane()` builds the true sequence from both ends' events.
 - It sees every network namespace and carries no namespace id: filter on addresses you own.
 
-The instance is named addrinuse-<pid>-<starttime>-<n> (starttime: /proc/<pid>/stat field 22), so an
-instance whose process is gone - or whose pid now belongs to a newer process - is recognisably
-stale and removed by the next Tracer. With guard=True (the default) a small janitor process, started
-first, removes the instance even when the owner is SIGKILLed. Needs root."""
+Each Tracer reads its own tracefs instance (addrinuse.tracefs: named after its process, stale
+ones removed at start, a janitor for SIGKILL with guard=True). Needs root."""
 
 from __future__ import annotations
 
 import collections
-import errno
 import itertools
 import os
 import re
@@ -40,8 +37,11 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from addrinuse.errors import AddrinuseError
+from addrinuse.tracefs import janitor, remove_stale, start_time, tracefs_root, unavailable_reason
 
-TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+__all__ = ["EVENTS", "TraceEvent", "Tracer", "StateTracer", "Transition", "TracefsUnavailable", "lane", "parse",
+           "tracefs_root", "unavailable_reason"]
+
 EVENTS = {
     "state": "sock/inet_sock_set_state",
     "retransmit": "tcp/tcp_retransmit_skb",
@@ -51,10 +51,8 @@ EVENTS = {
 }
 EVENT = EVENTS["state"]
 TRACE_NAMES = {v.split("/")[1]: k for k, v in EVENTS.items()}
-INSTANCE = re.compile(r"^addrinuse-(\d+)-(\d+)-(\d+)$")
 LINE = re.compile(r"\s(\d+\.\d+): (\w+): (.*)$")
 FIELD = re.compile(r"(\w+)=(\S+)")
-JANITOR_GRACE_S = 2.0  # the owner's fds close during its exit; a busy instance is retried this long
 _count = itertools.count()
 
 
@@ -126,50 +124,6 @@ def parse(line: str, t0: float = 0.0) -> TraceEvent | None:
     return TraceEvent(kind, mono, mono - t0, family, laddr, int(f["sport"]), raddr, int(f["dport"]), old, new)
 
 
-def tracefs_root() -> str | None:
-    for root in TRACEFS:
-        if os.path.isdir(os.path.join(root, "instances")) and os.path.isdir(os.path.join(root, "events", EVENT)):
-            return root
-    return None
-
-
-def unavailable_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the tracepoint needs root (tracefs is root-only)"
-    if tracefs_root() is None:
-        return "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing, or make tracefs)"
-    return None
-
-
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, names one process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
-
-
-def remove_stale(root: str | None = None) -> list[str]:
-    """Remove instances named after a process that no longer exists (pid gone, or the same pid with
-    another start time). Only names that match our pattern are touched. Returns the names removed."""
-    root = root or tracefs_root()
-    if root is None:
-        return []
-    removed = []
-    for name in os.listdir(os.path.join(root, "instances")):
-        m = INSTANCE.match(name)
-        if not m or start_time(int(m[1])) == int(m[2]):
-            continue
-        try:
-            os.rmdir(os.path.join(root, "instances", name))
-            removed.append(name)
-        except OSError:
-            pass  # busy (someone reads it) or already gone: not ours to force
-    return removed
-
-
 def _filter(kind: str, ports: tuple, addrs: tuple) -> str | None:
     """The kernel-side filter. u8[4] address fields compare as one native-endian u32 (6.18 accepts
     'saddr == 0x0100c70a' for 10.199.0.1); IPv6 addresses and send_reset's sockaddrs cannot be
@@ -184,43 +138,6 @@ def _filter(kind: str, ports: tuple, addrs: tuple) -> str | None:
     if ports:
         terms.append("(" + " || ".join(f"sport == {p} || dport == {p}" for p in ports) + ")")
     return " && ".join(terms) or None
-
-
-def _janitor(paths: list[str]) -> tuple[int, int]:
-    """Fork a process that waits for its pipe to close (the owner exits, however it exits) and then
-    removes the given instance directories. It ignores SIGINT/SIGTERM/SIGHUP so a signal to the
-    whole process group cannot stop it before the owner's fds are closed. Returns (pid, write fd)."""
-    import gc
-    import signal
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(r)
-        return pid, w
-    try:  # the child: syscalls only, never back into the caller's stack
-        gc.disable()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, r)
-        os.closerange(r + 1, 1 << 20)
-        while os.read(r, 64):
-            pass
-        deadline = time.monotonic() + JANITOR_GRACE_S
-        for path in paths:
-            while True:
-                try:
-                    os.rmdir(path)
-                except OSError as err:
-                    if err.errno == errno.EBUSY and time.monotonic() < deadline:
-                        time.sleep(0.01)
-                        continue
-                break
-    finally:
-        os._exit(0)
 
 
 class Tracer:
@@ -263,7 +180,7 @@ class Tracer:
         remove_stale(self.root)
         try:
             if self.guard:
-                self._janitor = _janitor([self.dir])
+                self._janitor = janitor([self.dir])
             os.mkdir(self.dir, 0o700)
             self._created = True
             self._write("trace_clock", "mono")

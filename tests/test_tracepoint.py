@@ -16,7 +16,8 @@ import pytest
 
 from addrinuse import tracepoint
 from addrinuse.closeseq import run_close_sequence
-from addrinuse.tracepoint import Tracer, lane, remove_stale, start_time
+from addrinuse.tracefs import remove_stale, start_time
+from addrinuse.tracepoint import Tracer, lane
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(tracepoint.unavailable_reason() is not None,
@@ -97,8 +98,8 @@ def test_stale_instances_of_gone_processes_are_removed_and_others_kept():
     for name in names.values():
         os.mkdir(os.path.join(root, name))
     try:
-        removed = remove_stale()
-        assert {names["dead"], names["reused"]} <= set(removed)
+        remove_stale()  # (another worker's Tracer may have removed them first: same outcome)
+        assert names["dead"] not in instances() and names["reused"] not in instances()
         assert names["live"] in instances() and names["foreign"] in instances()
     finally:
         for name in names.values():
