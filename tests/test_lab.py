@@ -26,7 +26,7 @@ from addrinuse.lab import scenarios
 from addrinuse.lab.observe import ALL_STATES
 from tests.helpers import wait_for
 
-REASON = unavailable_reason() or tracepoint.unavailable_reason()
+REASON = unavailable_reason()
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))

@@ -34,8 +34,8 @@ REQUIRED = {"ip": "iproute2", "nft": "nftables"}
 TRACE_KINDS = ("state", "retransmit", "receive_reset", "send_reset", "retransmit_synack")
 
 
-def unavailable_reason() -> str | None:
-    """Why no lab can be made here, or None."""
+def unavailable_reason(trace: bool = True) -> str | None:
+    """Why no lab can be made here (with the tracepoint, unless trace=False), or None."""
     if os.geteuid() != 0:
         return "the network-namespace lab needs root (unshare(CLONE_NEWNET), veth, nftables)"
     if not os.path.exists("/proc/self/ns/net"):
@@ -44,6 +44,10 @@ def unavailable_reason() -> str | None:
     for tool, package in REQUIRED.items():
         if shutil.which(tool, path=path) is None:
             return f"'{tool}' is not installed (apt-get install -y --no-install-recommends {package})"
+    if trace:
+        from addrinuse.tracefs import unavailable_reason as tracefs_reason
+
+        return tracefs_reason()
     return None
 
 
@@ -213,7 +217,7 @@ class Lab:
         self._ends: list[End] = []
 
     def __enter__(self) -> "Lab":
-        reason = unavailable_reason()
+        reason = unavailable_reason(trace=bool(self.trace_kinds))
         if reason:
             raise LabUnavailable(reason)
         try:
