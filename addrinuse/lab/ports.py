@@ -52,8 +52,8 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
                 first, last, until = conns[0], conns[-1], time.monotonic()
                 seq.state("a", "TIME_WAIT", polled[0][0], "poll", polled[0][1])
             tw = sum(1 for r in a.table(port) if r["state"] == "TIME_WAIT" and r["raddr"] == lab.b.addr)
-            connect_err = _attempt(a, lambda s: s.connect(lab.b.addr, port))
-            bind_err = _attempt(a, lambda s: s.bind(a.addr, 0))
+            connect_error = _attempt(a, lambda s: s.connect(lab.b.addr, port))
+            bind_error = _attempt(a, lambda s: s.bind(a.addr, 0))
             t_on = time.monotonic()
             a.sysctl("ipv4/tcp_tw_reuse", 1)
             attempts = 0
@@ -77,7 +77,7 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
             delay_s = (1000 if delay is None else delay) / 1000
             expected = max(t_on, min(fins.values()) + delay_s)  # the oldest entry becomes reusable
             rounds.append({"reuse_delay_ms": round(delay_s * 1000), "delay_sysctl": has_delay, "timewait_entries": tw,
-                           "connect_errno": connect_err, "bind_errno": bind_err,
+                           "connect_error": connect_error, "bind_error": bind_error,
                            "recovered_after_enable_s": round(recovered - t_on, 4), "attempts": attempts,
                            "oldest_entry_age_at_enable_s": round(t_on - min(fins.values()), 4),
                            "reused_port": s.sockname[1], "reused_entry_age_s": round(recovered - fins[s.sockname[1]], 4),

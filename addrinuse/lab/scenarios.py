@@ -59,8 +59,8 @@ def lost_final_ack() -> dict:
             "fin_retransmits": sum(1 for e in lab.tracer.history if e.kind == "retransmit" and e.key == conn.b_key),
             "counters": counters, "netstat_b": stats, "tcp_loss_probes": stats.get("TCPLossProbes", 0),
             "timewait_started_s": seq.t(fin), "handoff_s": seq.t(a["FIN_WAIT2"].get("handoff_mono")),
-            "timewait_expires_before_s": pre[-1][1] if pre else None,
-            "timewait_expires_after_s": post[0][1] if post else None,
+            # A's TIME_WAIT timer, time left at the last poll before B's resent FIN and the first after
+            "timewait_expires_in_s": {"before": pre[-1][1] if pre else None, "after": post[0][1] if post else None},
             # time left + time since the resent FIN: 60 if the timer restarted at that FIN
             "timewait_restarted_to_s": round(post[0][1] + post[0][0] - retx.mono, 3) if post else None,
             "b_closed_after_ms": ms(closed.mono, fin), "b_state": status["state"], "b_error": status["errname"],
