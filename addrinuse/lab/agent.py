@@ -147,7 +147,9 @@ class Agent:
         if argv[0] not in TOOLS:
             raise ValueError(f"not a lab tool: {argv[0]}")
         env = {"PATH": TOOL_PATH, "LC_ALL": "C"}
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=20)
+        # The tool dies with the agent too (set between fork and exec): nothing outlives a lab.
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=20,
+                              preexec_fn=set_pdeathsig)
         return {"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr}
 
     def op_sysctl(self, key: str, value: str | None = None) -> str:

@@ -10,10 +10,12 @@ the kernel when the owner dies, so two labs at once (pytest -n 2) never share ad
 matters because the tracepoint sees every namespace and is filtered on these addresses.
 
 Nothing is created in the host's namespace: agent A makes the veth pair and moves one end straight
-into B's namespace (ip link ... peer ... netns <pid of B>). Cleanup: close() asks the agents to
-exit and reaps them; a dead owner's agents get SIGKILL from PR_SET_PDEATHSIG; the namespaces,
-their veth pair, nft tables and sysctls go with their last process. The tracefs instance, if any,
-has its own janitor (addrinuse.tracepoint)."""
+into B's namespace (ip link ... peer ... netns <pid of B>). Cleanup: close() kills and reaps the
+agents; a dead owner's agents get SIGKILL from PR_SET_PDEATHSIG; the namespaces, their veth pair,
+nft tables and sysctls go with their last process. The tracefs instance, if any, has its own
+janitor (addrinuse.tracefs). Costs are in `cost_ms` (addrinuse.lab.bench.lab_costs for medians).
+Agents are forked: create a lab from the thread that will close it (PR_SET_PDEATHSIG fires when
+the forking *thread* exits)."""
 
 from __future__ import annotations
 
