@@ -207,7 +207,14 @@ class Tracer:
         self.close()
 
     def close(self) -> None:
-        """Stop the reader, remove the instance and end the janitor. Safe to call twice."""
+        """Stop the events, then the reader; remove the instance and end the janitor. Safe to
+        call twice."""
+        if self._created:
+            for kind in self.kinds:
+                try:
+                    self._write(f"events/{EVENTS[kind]}/enable", "0")
+                except OSError:
+                    pass
         if self._thread is not None:
             self._stop = True
             os.write(self._wake[1], b"x")
@@ -220,11 +227,6 @@ class Tracer:
                 os.close(fd)
         self._fd = self._wake = None
         if self._created:
-            for kind in self.kinds:
-                try:
-                    self._write(f"events/{EVENTS[kind]}/enable", "0")
-                except OSError:
-                    pass
             try:
                 os.rmdir(self.dir)  # frees the instance's buffers
             except FileNotFoundError:
@@ -259,7 +261,7 @@ class Tracer:
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake[0], select.POLLIN)
         carry = b""
-        while True:
+        while not self._stop:  # checked on the data path too: a flood of events never reads empty
             checked = time.monotonic()
             try:
                 chunk = os.read(self._fd, 1 << 16)

@@ -51,18 +51,19 @@ def lost_final_ack() -> dict:
             seq.poll_phase("a", poll_a.phase(conn.a_key, state))
         tw = poll_a.phase(conn.a_key, "TIME_WAIT")
         samples = tw.expires if tw else []
-        pre = [(end, x) for _, end, x in samples if end < retx.mono]  # dumped before the resent FIN
-        post = [(start, x) for start, _, x in samples if start > retx.mono]  # and after it
+        # dumped before B resent its FIN, and after B had A's answer (so after A's timer reset)
+        pre = [(end, x) for _, end, x in samples if end < retx.mono]
+        post = [(start, x) for start, _, x in samples if start > closed.mono]
         return {
             "experiment": "lost-final-ack", "lab": lab_info(lab),
             "fin_retransmit_delay_ms": ms(retx.mono, fin), "fin_retransmit_state": retx.new_state,
             "fin_retransmits": sum(1 for e in lab.tracer.history if e.kind == "retransmit" and e.key == conn.b_key),
             "counters": counters, "netstat_b": stats, "tcp_loss_probes": stats.get("TCPLossProbes", 0),
             "timewait_started_s": seq.t(fin), "handoff_s": seq.t(a["FIN_WAIT2"].get("handoff_mono")),
-            # A's TIME_WAIT timer, time left at the last poll before B's resent FIN and the first after
+            # A's TIME_WAIT timer: time left at the last poll before B's resent FIN, the first after
             "timewait_expires_in_s": {"before": pre[-1][1] if pre else None, "after": post[0][1] if post else None},
-            # time left + time since the resent FIN: 60 if the timer restarted at that FIN
-            "timewait_restarted_to_s": round(post[0][1] + post[0][0] - retx.mono, 3) if post else None,
+            # time left + time since A answered the resent FIN: 60 if the timer restarted there
+            "timewait_restarted_to_s": round(post[0][1] + post[0][0] - closed.mono, 3) if post else None,
             "b_closed_after_ms": ms(closed.mono, fin), "b_state": status["state"], "b_error": status["errname"],
             "b_reset": any(e.kind == "receive_reset" and e.key == conn.b_key for e in lab.tracer.history),
             **seq.result(),
