@@ -234,8 +234,11 @@ def test_lost_final_ack():
     assert 195 <= r["fin_retransmit_delay_ms"] <= 1000, seen  # a tail loss probe: >= TCP_DELACK_MAX
     assert r["counters"] == {"final_ack_dropped": 1, "ack_in": 1, "fin_out": 2}, seen
     assert r["tcp_loss_probes"] == 1, seen
-    assert r["timewait_expires_in_s"]["after"] > r["timewait_expires_in_s"]["before"], seen
-    assert 59.5 <= r["timewait_restarted_to_s"] <= 60.5, seen
+    # the timer restarted at the resent FIN: 60 s from then, not 60 s from B's first FIN
+    error = r["timewait_restarted_to_error_s"]
+    assert abs(r["timewait_restarted_to_s"] - 60) <= error + 0.01, seen
+    if error < r["fin_retransmit_delay_ms"] / 2000:  # the read was precise enough to tell them apart
+        assert abs(r["timewait_restarted_to_s"] - (60 - r["fin_retransmit_delay_ms"] / 1000)) > error, seen
     assert (r["b_state"], r["b_error"], r["b_reset"]) == ("CLOSED", None, False), seen
     # TIME_WAIT begins at B's FIN, after the hand-off; the ACK of B's FIN is drawn lost
     assert first(r, "a", "TIME_WAIT", "inferred")["t_s"] == first(r, "b", "LAST_ACK")["t_s"] > r["handoff_s"], seen
@@ -292,7 +295,9 @@ def test_fin_wait_2_timeout():
     r = scenarios.fin_wait_2_timeout(1)
     check_shape(r, "fin-wait-2-timeout")
     assert r["timer"] == "timewait" and 0.9 <= r["timer_set_to_s"] <= 1.1
-    assert 0.95 <= r["fin_wait2_lifetime_min_s"] <= r["fin_wait2_lifetime_s"] <= 3.0
+    # it vanished between the last poll that saw it and the first that did not: the timer fired in
+    # that bracket (1 s, plus the timer wheel's rounding at that level: 32 ms at HZ=250)
+    assert r["fin_wait2_lifetime_min_s"] <= 1.1 and 0.99 <= r["fin_wait2_lifetime_s"] <= 3.0
     assert r["rst_reason"] == "NO_SOCKET" and r["b_error"] == "ECONNRESET"
     assert not [s for s in r["sequence"]["states"] if s["end"] == "a" and s["state"] == "TIME_WAIT"]
 

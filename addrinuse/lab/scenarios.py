@@ -37,8 +37,13 @@ def lost_final_ack() -> dict:
         b_sock.shutdown()
         retx = event(lab, lambda e: e.kind == "retransmit" and e.key == conn.b_key, "B's FIN resent", 3)
         closed = event(lab, lambda e: e.key == conn.b_key and e.new_state == "CLOSED", "B closed", 3)
-        wait(lambda: poll_a.polled_after(closed.mono + 0.02), 2, "polls after the resent FIN")
         poll_a.stop()
+        # A's timer right after: time left + time since A answered = 60 s if it restarted then
+        # (not 60 - fin_retransmit_delay). The read happened between t1 and t2.
+        t1 = time.monotonic()
+        row = next((r for r in lab.a.table(conn.b_port) if (r["laddr"], r["lport"], r["raddr"], r["rport"])
+                    == conn.a_key and r["state"] == "TIME_WAIT"), None)
+        t2 = time.monotonic()
         status = b_sock.status()
         counters = lab.b.counters()
         stats = netstat_delta(before, lab.b.netstat(), ("TCPLossProbes",))
@@ -50,20 +55,19 @@ def lost_final_ack() -> dict:
         for state in ("FIN_WAIT2", "TIME_WAIT"):
             seq.poll_phase("a", poll_a.phase(conn.a_key, state))
         tw = poll_a.phase(conn.a_key, "TIME_WAIT")
-        samples = tw.expires if tw else []
-        # dumped before B resent its FIN, and after B had A's answer (so after A's timer reset)
-        pre = [(end, x) for _, end, x in samples if end < retx.mono]
-        post = [(start, x) for start, _, x in samples if start > closed.mono]
+        pre = [(end, x) for _, end, x in (tw.expires if tw else []) if end < retx.mono]  # polled before the resent FIN
+        left = row["expires_s"] if row else None
         return {
             "experiment": "lost-final-ack", "lab": lab_info(lab),
             "fin_retransmit_delay_ms": ms(retx.mono, fin), "fin_retransmit_state": retx.new_state,
             "fin_retransmits": sum(1 for e in lab.tracer.history if e.kind == "retransmit" and e.key == conn.b_key),
             "counters": counters, "netstat_b": stats, "tcp_loss_probes": stats.get("TCPLossProbes", 0),
             "timewait_started_s": seq.t(fin), "handoff_s": seq.t(a["FIN_WAIT2"].get("handoff_mono")),
-            # A's TIME_WAIT timer: time left at the last poll before B's resent FIN, the first after
-            "timewait_expires_in_s": {"before": pre[-1][1] if pre else None, "after": post[0][1] if post else None},
-            # time left + time since A answered the resent FIN: 60 if the timer restarted there
-            "timewait_restarted_to_s": round(post[0][1] + post[0][0] - closed.mono, 3) if post else None,
+            # A's TIME_WAIT timer: time left at the last poll before B's resent FIN, and right after
+            "timewait_expires_in_s": {"before": pre[-1][1] if pre else None, "after": left},
+            "timewait_restarted_to_s": round(left + (t1 + t2) / 2 - closed.mono, 3) if row else None,
+            # half the read's span, plus a jiffy each for the timer and its report (HZ=250)
+            "timewait_restarted_to_error_s": round((t2 - t1) / 2 + 0.008, 3),
             "b_closed_after_ms": ms(closed.mono, fin), "b_state": status["state"], "b_error": status["errname"],
             "b_reset": any(e.kind == "receive_reset" and e.key == conn.b_key for e in lab.tracer.history),
             **seq.result(),
