@@ -7,6 +7,10 @@ The steps are held long enough for a poller to see each state it can:
      client to CLOSE_WAIT, where it stays until the application closes;
   3. the client closes: LAST_ACK until the server's ACK arrives (microseconds on loopback: only the
      kernel tracepoint sees it), and the server's side enters TIME_WAIT.
+The server's side is orphaned (closed by the application) when its FIN is ACKed in step 2, so the
+kernel hands it to a timewait socket right then (FIN_WAIT2 -> CLOSE in the tracepoint), still in
+substate FIN_WAIT2; its TIME_WAIT begins only at the client's FIN in step 3, `hold` seconds later
+(addrinuse.tracepoint.lane builds the lanes; sock_diag shows the substate as FIN_WAIT2).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def run_close_sequence(hold: float = 0.3, interval: float = 0.005, backend: str 
     listener.listen(1)
     port = listener.getsockname()[1]
     reason = unavailable_reason()
-    tracer = StateTracer(port) if reason is None else None
+    tracer = StateTracer(port, addrs=(host,)) if reason is None else None
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
     t0 = time.monotonic()
@@ -113,7 +117,7 @@ def run_close_sequence(hold: float = 0.3, interval: float = 0.005, backend: str 
         poller.join(timeout=5)
         client.close()
         listener.close()
-        trace = tracer.transitions() if tracer else None
+        trace = tracer.snapshot() if tracer else None
         if tracer:
             tracer.__exit__()
     result = {
@@ -123,26 +127,34 @@ def run_close_sequence(hold: float = 0.3, interval: float = 0.005, backend: str 
         "trace": None, "trace_unavailable": reason,
     }
     if trace is not None:
-        result["trace"] = {
-            "active": [_step(t, t0) for t in trace if (t.sport, t.dport) == (port, client_port)],
-            "passive": [_step(t, t0) for t in trace if (t.sport, t.dport) == (client_port, port)],
-        }
+        from addrinuse.tracepoint import lane
+
+        active = [e for e in trace if (e.lport, e.rport) == (port, client_port)]
+        passive = [e for e in trace if (e.lport, e.rport) == (client_port, port)]
+        result["trace"] = {"active": _steps(lane(active, passive), t0), "passive": _steps(lane(passive, active), t0)}
     return result
 
 
-def _step(t, t0: float) -> dict:
-    return {"old": t.old, "new": t.new, "t_s": round(t.t - t0, 6)}
+def _steps(states: list[dict], t0: float) -> list[dict]:
+    """Lane states -> steps {old, new, t_s, source}; a FIN_WAIT2 handed off to a timewait socket
+    carries handoff_s (when its full socket closed: not the start of TIME_WAIT)."""
+    steps = []
+    for before, after in zip(states, states[1:]):
+        step = {"old": before["state"], "new": after["state"], "t_s": round(after["mono"] - t0, 6),
+                "source": after["source"]}
+        if "handoff_mono" in after:
+            step["handoff_s"] = round(after["handoff_mono"] - t0, 6)
+        steps.append(step)
+    return steps
 
 
 def lane_order(result: dict, end: str, source: str) -> list[str]:
     """The states one end went through, in order, by the poller or the tracepoint. A poller lane
-    ends with 'gone' when its entry vanished; TIME_WAIT's start shows in the trace as FIN_WAIT2 ->
-    CLOSED of the full socket and is named TIME_WAIT here."""
+    ends with 'gone' when its entry vanished; in the trace, a socket that closed for good
+    (CLOSED) is 'gone' too. TIME_WAIT in the trace starts at the peer's FIN (tracepoint.lane)."""
     if source == "poll":
         return [s["state"] for s in result["poll"][end]]
     steps = (result["trace"] or {}).get(end, [])
     order = [steps[0]["old"]] if steps else []
-    for step in steps:
-        new = "TIME_WAIT" if (step["old"], step["new"]) == ("FIN_WAIT2", "CLOSED") and end == "active" else step["new"]
-        order.append("gone" if new == "CLOSED" else new)
+    order += ["gone" if step["new"] == "CLOSED" else step["new"] for step in steps]
     return order

@@ -124,20 +124,6 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def exit_code_for(err: BaseException) -> int:
-    if isinstance(err, Interrupted):
-        return err.exit_code
-    if isinstance(err, KeyboardInterrupt):
-        return 130
-    return getattr(err, "exit_code", EXIT_FAILED)
-
-
-def _strerror(err: int) -> str:
-    import os
-
-    return os.strerror(err)
-
-
 class ReportPathError(BadInput):
     """A --report/--svg destination that cannot be used (exists as a non-directory, not writable)."""
 
@@ -152,3 +138,30 @@ class FigureInputError(AddrinuseError):
     def __init__(self, figure: str, field: str, problem: str):
         self.figure, self.field = figure, field
         super().__init__(f"{figure} figure: {field}: {problem}")
+
+
+class LabUnavailable(CannotRun):
+    """No network-namespace lab can be made here (not root, no nft/ip, no namespaces); the message
+    is the reason, fit for a test's or an experiment's 'skipped'."""
+
+
+class TracefsUnavailable(CannotRun):
+    """No kernel tracepoint here (not root, tracefs not mounted); the message is the reason."""
+
+
+class LabError(AddrinuseError):
+    """A lab step failed (an agent died, nft or ip refused a command); the message says which."""
+
+
+def exit_code_for(err: BaseException) -> int:
+    if isinstance(err, Interrupted):
+        return err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    return getattr(err, "exit_code", EXIT_FAILED)
+
+
+def _strerror(err: int) -> str:
+    import os
+
+    return os.strerror(err)
