@@ -31,7 +31,7 @@ class Phase:
     first: float
     last: float
     timer: str | None = None
-    expires: list = field(default_factory=list)  # [(poll start, poll end, expires_s)] at each poll
+    expires: list = field(default_factory=list)  # [(poll start, poll end, expires_in_s)] at each poll
 
 
 class Poller(threading.Thread):
@@ -74,8 +74,8 @@ class Poller(threading.Thread):
             if not phases or phases[-1].state != row["state"]:
                 phases.append(Phase(row["state"], before, now, now, row["timer"]))
             phases[-1].last = now
-            if row["expires_s"] is not None:
-                phases[-1].expires.append((start, now, row["expires_s"]))
+            if row["expires_in_s"] is not None:
+                phases[-1].expires.append((start, now, row["expires_in_s"]))
         for key in self.phases.keys() - present - self.gone.keys():
             self.gone[key] = (self.phases[key][-1].last, now)
         self.last_start = start

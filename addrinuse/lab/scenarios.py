@@ -56,7 +56,7 @@ def lost_final_ack() -> dict:
             seq.poll_phase("a", poll_a.phase(conn.a_key, state))
         tw = poll_a.phase(conn.a_key, "TIME_WAIT")
         pre = [(end, x) for _, end, x in (tw.expires if tw else []) if end < retx.mono]  # polled before the resent FIN
-        left = row["expires_s"] if row else None
+        left = row["expires_in_s"] if row else None
         return {
             "experiment": "lost-final-ack", "lab": lab_info(lab),
             "fin_retransmit_delay_ms": ms(retx.mono, fin), "fin_retransmit_state": retx.new_state,
