@@ -111,8 +111,12 @@ def test_http_server_sets_reuseaddr_so_only_a_reuseaddr_restart_works(run, tmp_p
     plain = run("why", port, "--json")
     reuse = run("why", port, "--as", "reuseaddr", "--json")
     assert plain.exit_code == 3 and reuse.exit_code == 0
-    assert "a server that sets SO_REUSEADDR can bind now" in plain.json()["verdict"]
-    assert reuse.json()["verdict"].startswith("free for a server that sets SO_REUSEADDR")
+    verdict = plain.json()["verdict"]
+    assert verdict.startswith(f"A plain bind of 127.0.0.1:{port} fails (EADDRINUSE); one with SO_REUSEADDR succeeds.")
+    assert "A server that sets SO_REUSEADDR can bind now" in verdict
+    first = lambda out: out.json()["verdict"].split(". ")[0]  # noqa: E731
+    assert first(reuse) == first(plain)  # the same answers, whatever --as says
+    assert "do not stop a server that sets SO_REUSEADDR" in reuse.json()["verdict"]
     # What really happens: a plain TCPServer (no SO_REUSEADDR) is refused, http.server itself starts.
     assert restart(tcp_server(port), port) is False
     assert restart(http_server(port, tmp_path), port) is True
@@ -125,9 +129,13 @@ def test_plain_tcpserver_does_not_so_nothing_restarts(run, tmp_path):
     reuse = run("why", port, "--as", "reuseaddr", "--json")
     assert plain.exit_code == 3 and reuse.exit_code == 3
     verdict = plain.json()["verdict"]
-    assert "TIME_WAIT entries from a server-side close" in verdict and "SO_REUSEADDR will not help" in verdict
+    assert verdict.startswith(f"A bind of 127.0.0.1:{port} fails, plain and with SO_REUSEADDR (EADDRINUSE).")
+    # The server is gone and this tool did not start it: nothing says which end, and none is guessed.
+    assert "3 TIME_WAIT entries left by connections this host closed first" in verdict
+    assert "SO_REUSEADDR will not help" in verdict
     lingering = plain.json()["lingering"][0]
     assert lingering["state"] == "TIME_WAIT" and lingering["count"] == 3 and 0 < lingering["expires_in_s"] <= 60
+    assert lingering["end"] is None and plain.json()["free_in"]["kind"] == "exact"
     assert restart(tcp_server(port), port) is False
     assert restart(http_server(port, tmp_path), port) is False
 
@@ -139,9 +147,11 @@ def test_a_process_still_listening_is_named(run, tmp_path):
         out = run("why", port, "--as", "reuseaddr")
         data = run("why", port, "--json").json()
         assert out.exit_code == 3
-        assert f"(pid {server.proc.pid}) is listening on it" in data["verdict"] and data["verdict"].endswith("stop it")
+        assert f"(pid {server.proc.pid}, user " in data["verdict"] and data["verdict"].endswith(": stop it.")
         (listener,) = data["listeners"]
-        assert "http.server" in listener["cmdline"] and listener["user"] == psutil.Process().username()
+        (owner,) = listener["owners"]
+        assert "http.server" in owner["cmdline"] and owner["user"] == psutil.Process().username()
+        assert data["free_in"]["kind"] == "unknown" and f"pid {server.proc.pid}" in data["free_in"]["reason"]
         assert restart(http_server(port, tmp_path), port) is False  # even with SO_REUSEADDR
     finally:
         server.stop()
@@ -150,7 +160,7 @@ def test_a_process_still_listening_is_named(run, tmp_path):
 def test_an_addrinuse_server_verdict_names_its_kill_command(run):
     rec = run("start", "--json", "--name", "mine").json()
     verdict = run("why", rec["port"], "--json").json()["verdict"]
-    assert "the addrinuse server 'mine'" in verdict and verdict.endswith("addrinuse kill mine")
+    assert "the addrinuse server 'mine'" in verdict and verdict.endswith("addrinuse kill mine.")
     run("kill", "mine")
 
 
