@@ -112,12 +112,13 @@ def fin_wait2_left_s(entry: Entry, fin_timeout: float) -> float:
     return max(fin_timeout, 2 * second)  # no timer known (psutil): the whole span
 
 
-def _who(owners) -> str:
+def _who(owners) -> tuple[str, bool]:
+    """('pid 10 (nginx)' or 'pids 10, 11 (nginx)', plural?) for a socket's holders."""
     if not owners:
-        return "a process (not visible here)"
-    first = owners[0]
-    more = f" and {len(owners) - 1} more" if len(owners) > 1 else ""
-    return f"pid {first.pid} ({first.name or '?'}){more}"
+        return "a process not visible here", False
+    names = "/".join(sorted({o.name or "?" for o in owners}))
+    pids = ", ".join(str(o.pid) for o in owners)
+    return f"{'pids' if len(owners) > 1 else 'pid'} {pids} ({names})", len(owners) > 1
 
 
 def plain_addr(addr: str) -> str:
@@ -141,9 +142,12 @@ def entry_estimate(e: Entry, peers: dict | None = None, other_end: str = "peer")
     if e.state in LIVE_STATES or e.owners or e.inode:
         if e.state in ("ESTABLISHED", "CLOSE_WAIT", "SYN_RECV") and not e.owners and not e.inode:
             return Estimate("unknown", None, None, f"a {e.state} connection waits in the listener's accept queue")
-        what = {"LISTEN": "listens on it", "CLOSE_WAIT": "has not closed its end of a connection the peer "
-                "closed (CLOSE_WAIT)"}.get(e.state, f"holds a {e.state} socket on it")
-        return Estimate("unknown", None, None, f"{_who(e.owners)} {what}")
+        who, plural = _who(e.owners)
+        what = {"LISTEN": "listen on it" if plural else "listens on it",
+                "CLOSE_WAIT": f"{'have' if plural else 'has'} not closed its end of a connection the peer "
+                              f"closed (CLOSE_WAIT)"}.get(e.state, f"{'hold' if plural else 'holds'} a {e.state} "
+                                                                   f"socket on it")
+        return Estimate("unknown", None, None, f"{who} {what}")
     if e.state == "TIME_WAIT":
         if e.expires_in_s is None:
             return Estimate("upper_bound", 0.0, tw, "TIME_WAIT: at most 60 s (no kernel timers with this backend)")

@@ -105,7 +105,8 @@ def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
     """
     from addrinuse.cli.progress import Countdown
     from addrinuse.diagnose import MODES, diagnose, port_estimate
-    from addrinuse.render.diagnosis import estimate_text
+    from addrinuse.render import wrap
+    from addrinuse.render.tables import estimate_text
     from addrinuse.sockets import probe, resolve, wait_until_bindable
 
     resolve(host)
@@ -117,12 +118,11 @@ def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
     if not first.ok:
         estimate = port_estimate(port, host, backend, bind_as)
         if not as_json:
-            click.echo(f"waiting for port {port}: frees {estimate_text(estimate)}", err=True)
+            click.echo(wrap(f"waiting for port {port}: frees {estimate_text(estimate)}", "", "  "), err=True)
         with Countdown(None if not as_json else False) as countdown:
             result, waited = wait_until_bindable(
                 host, port, opts, timeout, interval,
-                lambda r, w: countdown(f"waited {w:.1f} s of {timeout:g}; the kernel's estimate was "
-                                       f"{estimate_text(estimate)}"))
+                lambda r, w: countdown(f"waited {w:.1f} s of {timeout:g}; {_left(estimate, w)}"))
     blocking = None if result.ok else diagnose(port, host, bind_as, backend, records=records(ctx))
     if as_json:
         emit({"host": host, "port": port, "as": bind_as, "free": result.ok, "waited_s": round(waited, 3),
@@ -131,9 +131,18 @@ def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
     elif result.ok:
         click.echo(f"port {port} is free for {bind_as} after {waited:.2f} s")
     else:
-        click.echo(f"port {port} still blocked after {waited:.1f} s: {blocking.verdict}")
+        click.echo(wrap(f"port {port} still blocked after {waited:.1f} s: {blocking.verdict}", "", "  "))
     if not result.ok:
         ctx.exit(EXIT_TIMEOUT)
+
+
+def _left(estimate, waited: float) -> str:
+    """The countdown's short form of the estimate, counted from now."""
+    kind = estimate.kind.replace("_", " ")
+    if estimate.max_s is None:
+        return f"frees when released ({kind})"
+    low = max(0.0, (estimate.min_s or 0.0) - waited)
+    return f"frees in {low:.1f}-{max(0.0, estimate.max_s - waited):.1f} s ({kind})"
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from addrinuse.conntable import Entry, get_backend, last_expiry
 from addrinuse.diagnose import MODES
-from addrinuse.diagnose.conflict import Bind, BindProbe, bind_probe, can_probe_as, make_bind, not_in_the_way
+from addrinuse.diagnose.conflict import Bind, bind_probe, can_probe_as, make_bind, not_in_the_way
 from addrinuse.diagnose.ends import end_of, port_range
 from addrinuse.diagnose.exhaustion import Exhaustion, explain_exhaustion
 from addrinuse.diagnose.holders import Holder, Lingering, holder

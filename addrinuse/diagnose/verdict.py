@@ -78,10 +78,8 @@ def _ends(g: Lingering) -> str:
 
 
 def _lingering(d, groups: list[Lingering]) -> str:
-    from addrinuse.render.diagnosis import estimate_text
-
     counts = ", ".join(f"{g.count} {g.state} {'entry' if g.count == 1 else 'entries'}" for g in groups)
-    text = f"{counts} left by {_ends(groups[0])}; free {estimate_text(d.free_in)}."
+    text = f"{counts} left by {_ends(groups[0])}; free {_free(d)}."
     if d.mode == "plain":
         if d.probes["reuseaddr"].ok:
             text += (" A server that sets SO_REUSEADDR can bind now (the old socket set it too: on Linux "
@@ -105,7 +103,7 @@ def _live(d, conns: list[Holder]) -> str:
 
 
 def _free(d) -> str:
-    from addrinuse.render.diagnosis import estimate_text
+    from addrinuse.render.tables import estimate_text
 
     return estimate_text(d.free_in)
 

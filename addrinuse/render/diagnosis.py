@@ -4,20 +4,9 @@ port frees and what kind of estimate that is, and the verdict."""
 from __future__ import annotations
 
 from addrinuse.render import WIDTH, endpoint, outcome, wrap
+from addrinuse.render.tables import estimate_text
 
 END_WORDS = {"client": "client end", "server": "server end", None: "closed first here"}
-
-
-def estimate_text(estimate) -> str:
-    """'in 58.2-60.3 s (exact: TIME_WAIT timer)' and the like, for any Estimate (or its dict)."""
-    e = estimate if isinstance(estimate, dict) else estimate.to_dict()
-    if e["kind"] == "now":
-        return "now"
-    if e["kind"] == "unknown":
-        return f"when it is released (unknown: {e['reason']})"
-    if e["kind"] == "exact":
-        return f"in {e['min_s']:.1f}-{e['max_s']:.1f} s (exact: {e['reason']})"
-    return f"within {e['max_s']:.0f} s (upper bound: {e['reason']})"
 
 
 def _clip(text: str, room: int) -> str:
