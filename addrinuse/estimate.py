@@ -140,12 +140,14 @@ def entry_estimate(e: Entry, peers: dict | None = None, other_end: str = "peer")
     ("client", "server") when the caller knows which end this is."""
     tw = TCP_TIMEWAIT_LEN_S + wheel_slack_s(TCP_TIMEWAIT_LEN_S)
     if e.state in LIVE_STATES or e.owners or e.inode:
-        if e.state in ("ESTABLISHED", "CLOSE_WAIT", "SYN_RECV") and not e.owners and not e.inode:
-            return Estimate("unknown", None, None, f"a {e.state} connection waits in the listener's accept queue")
+        # No file descriptor yet (inode 0, as sock_diag reports it; cookie: a backend that reads inodes):
+        # the connection waits in its listener's accept queue.
+        if e.state in ("ESTABLISHED", "CLOSE_WAIT", "SYN_RECV") and e.cookie is not None and not e.inode:
+            return Estimate("unknown", None, None, f"an {e.state} connection waits in its listener's accept queue")
         who, plural = _who(e.owners)
         what = {"LISTEN": "listen on it" if plural else "listens on it",
                 "CLOSE_WAIT": f"{'have' if plural else 'has'} not closed its end of a connection the peer "
-                              f"closed (CLOSE_WAIT)"}.get(e.state, f"{'hold' if plural else 'holds'} a {e.state} "
+                              f"closed (CLOSE_WAIT)"}.get(e.state, f"{'hold' if plural else 'holds'} {e.state} "
                                                                    f"socket on it")
         return Estimate("unknown", None, None, f"{who} {what}")
     if e.state == "TIME_WAIT":
@@ -164,7 +166,8 @@ def entry_estimate(e: Entry, peers: dict | None = None, other_end: str = "peer")
         else:
             reason = (f"orphaned FIN_WAIT2 waits up to {left:.0f} s more for the peer's FIN "
                       f"(tcp_fin_timeout {fin:g} s); the FIN starts a 60 s TIME_WAIT")
-        return Estimate("upper_bound", min(left, TCP_TIMEWAIT_LEN_S), latest, reason)
+        earliest = 0.0 if e.expires_in_s is None else min(left, TCP_TIMEWAIT_LEN_S)  # never closed, or now
+        return Estimate("upper_bound", earliest, latest, reason)
     # FIN_WAIT1, CLOSING, LAST_ACK orphans: still retransmitting their FIN (tcp_orphan_retries).
     retries = orphan_retries_s()
     after = {"LAST_ACK": 0.0, "CLOSING": tw}.get(e.state, fin_wait2_left_s(e, fin) + tw)

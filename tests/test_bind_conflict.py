@@ -132,3 +132,42 @@ def test_a_socket_made_for_another_uid_carries_that_uid():
         assert e.uid == 65534 and os.geteuid() == 0
     finally:
         s.close()
+
+
+def _probes_leave_the_answer_unchanged():
+    """In the namespace: a plain IPv4 listener; `why --host :: --v6only` probes SO_REUSEPORT on a
+    v6only [::] (it binds: no conflict). Afterwards a dual-stack [::] SO_REUSEPORT server must
+    still get EADDRINUSE, as it did before the probe (see conflict._scrub for the kernel's stale
+    fast-path mark that would otherwise let it in)."""
+    from addrinuse.diagnose import diagnose
+
+    def dual_stack_reuseport_binds(port):
+        s = socket.socket(socket.AF_INET6)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind(("::", port))
+            s.listen()
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    held = socket.create_server(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    before = dual_stack_reuseport_binds(port)
+    d = diagnose(port, "::", "reuseport", v6only=True)
+    after = dual_stack_reuseport_binds(port)
+    held.close()
+    return before, d.probes["reuseport"].ok, after
+
+
+@needs_root
+def test_probes_do_not_change_what_the_users_server_gets():
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 on this machine")
+    from tests.diagnose_helpers import in_netns
+
+    before, probed, after = in_netns(_probes_leave_the_answer_unchanged)
+    assert probed is True and before is False and after is False

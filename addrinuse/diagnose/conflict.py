@@ -117,7 +117,37 @@ def bind_probe(bind: Bind, reuseport: bool, uid: int | None = None) -> BindProbe
         return BindProbe(False, code, errno.errorcode.get(code, str(code)))
     finally:
         sock.close()
+    if reuseport:
+        _scrub(bind.port)
     return BindProbe(True, None, None)
+
+
+# Plain binds on addresses few sockets use; the first that binds resets the port's fast path.
+SCRUB_ADDRESSES = (("127.255.255.254", socket.AF_INET), ("127.254.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
+
+
+def _scrub(port: int) -> None:
+    """Undo what a successful SO_REUSEPORT probe leaves in the kernel's bind bucket.
+
+    A SO_REUSEPORT socket that binds beside others marks the bucket FASTREUSEPORT_STRICT with its
+    own address, v6only and uid (inet_csk_update_fastreuse()), and the mark outlives it. Later
+    SO_REUSEPORT binds that sk_reuseport_match() calls equal skip the conflict check; for two [::]
+    it uses ipv6_rcv_saddr_equal(), true for any two wildcards whatever their IPV6_V6ONLY. Measured
+    on 6.18: after a v6only [::] probe had bound and closed, a dual-stack [::] SO_REUSEPORT socket
+    bound *and listened* beside a plain 127.0.0.1 listener, which it conflicts with. A probe must
+    not change the answer the user's server gets: a plain socket that binds resets the mark to 0
+    (the slow path: the full conflict check), then goes. A plain bind that fails changes nothing."""
+    for address, family in SCRUB_ADDRESSES:
+        sock = socket.socket(family)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, port))
+            return
+        except OSError:
+            continue
+        finally:
+            sock.close()
 
 
 def can_probe_as(uid: int | None) -> bool:
