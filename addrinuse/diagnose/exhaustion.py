@@ -38,11 +38,11 @@ class Exhaustion:
         return {**asdict(self), "exhausted": self.exhausted}
 
     def fixes(self) -> str:
-        reuse = ("set net.ipv4.tcp_tw_reuse=1 (outgoing connect() only; needs TCP timestamps on both "
-                 "ends)" if self.tw_reuse != 1 else "tcp_tw_reuse=1 is set already: check that both ends "
-                 "use TCP timestamps")
+        reuse = ("set net.ipv4.tcp_tw_reuse=1 (for outgoing connect() only, with TCP timestamps on both "
+                 "ends; it does nothing for a bind())" if self.tw_reuse != 1 else "check that both ends use "
+                 "TCP timestamps (tcp_tw_reuse=1 is set, and needs them; it does nothing for a bind())")
         return (f"widen net.ipv4.ip_local_port_range, open fewer short connections (keep-alive, a "
-                f"connection pool), or {reuse}; it does not help a bind()")
+                f"connection pool), or {reuse}")
 
     def explanation(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.by_state.items(), key=lambda kv: -kv[1]))
