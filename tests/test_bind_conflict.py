@@ -171,3 +171,16 @@ def test_probes_do_not_change_what_the_users_server_gets():
 
     before, probed, after = in_netns(_probes_leave_the_answer_unchanged)
     assert probed is True and before is False and after is False
+
+
+def test_a_reuseport_group_of_our_own_uid_is_joined_not_stopped():
+    held = listener(socket.AF_INET, "127.0.0.1", quiet_port(), reuseport=True)
+    port = held.getsockname()[1]
+    try:
+        code, d = why(port, "--as", "reuseport")
+        assert code == 0 and "joins its group" in d["verdict"] and "stop it" not in d["verdict"]
+        joined = listener(socket.AF_INET, "127.0.0.1", port, reuseport=True)  # the kernel agrees
+        joined.close()
+        assert why(port)[0] == 3  # a plain server is still refused
+    finally:
+        held.close()

@@ -113,7 +113,11 @@ def verdict(d) -> str:
     listeners = [h for h in d.listeners if h.conflicts]
     conns = [h for h in d.connections if h.conflicts]
     lingering = [g for g in d.lingering if g.conflicts]
-    if listeners:
+    if listeners and d.free:  # only a SO_REUSEPORT server of the same uid gets past a live listener
+        h = listeners[0]
+        parts.append(f"{who(h)} listens on {_listener_where(h, d.port)} with SO_REUSEPORT, and this server "
+                     f"joins its group (same uid, probed): the kernel then spreads connections over both.")
+    elif listeners:
         h = listeners[0]
         text = f"{who(h)} listens on {_listener_where(h, d.port)}: {_stop(h)}"
         if d.dual_stack:
@@ -121,7 +125,7 @@ def verdict(d) -> str:
         if len(listeners) > 1:
             text += f" (and {len(listeners) - 1} more listener(s))"
         parts.append(text + "." + _join(h, d.mode))
-    elif conns:
+    elif conns and not d.free:
         parts.append(_live(d, conns))
     elif lingering and not d.free:
         parts.append(_lingering(d, lingering))
