@@ -79,12 +79,16 @@ class Tracker:
     states_seen: dict = field(default_factory=dict)  # state -> count of entries that had it
     polls: int = 0
     last_poll: float | None = None
+    last_start: float | None = None  # when the previous snapshot began (its dump walked after this)
 
-    def update(self, entries: list[Entry], t: float) -> list[Event]:
-        """Feed one snapshot taken at time t (seconds since the watch began)."""
+    def update(self, entries: list[Entry], t: float, started: float | None = None) -> list[Event]:
+        """Feed one snapshot finished at time t (seconds since the watch began); `started`: when it
+        began. A state first seen now began after the previous dump walked past it, which is only
+        known to be after that dump *began*: on a busy machine a dump can take a good part of a
+        second, and ages bounded by the previous end would be too short."""
         events: list[Event] = []
         first_poll = self.last_poll is None
-        before = t if first_poll else self.last_poll
+        before = t if first_poll else (self.last_start if self.last_start is not None else self.last_poll)
         current = {e.key: e for e in entries}
         for key, entry in current.items():
             old = self.seen.get(key)
@@ -108,6 +112,7 @@ class Tracker:
                                 present_at_start=old.at_start, expected=old.expected))
         self.polls += 1
         self.last_poll = t
+        self.last_start = started
         return events
 
     @staticmethod
