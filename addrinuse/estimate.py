@@ -24,7 +24,7 @@ LIVE_STATES = frozenset({"LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "CLOSE
 TCP_RTO_MIN_S, TCP_RTO_MAX_S = 0.2, 120.0  # include/net/tcp.h
 # kernel/time/timer.c: 64 buckets per level, each level 8 times coarser (LVL_BITS 6, LVL_CLK_SHIFT 3).
 _LVL_START = [63 << (3 * n) for n in range(9)]  # LVL_START(n + 1)
-LATENCY_S = 0.1  # timer softirq run late on a busy machine (measured: see tracker.py)
+LATENCY_S = 0.25  # softirq and polls run late on a busy machine: 2 of 600 entries outlived 0.1 (see tracker.py)
 
 
 class Estimate(NamedTuple):
