@@ -6,12 +6,21 @@ the server's port for certain rather than by a race."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from dataclasses import asdict, dataclass, field
 
-from addrinuse.errors import AddrinuseError, BadInput
+from addrinuse.errors import AddrinuseError, BadInput, NoLocalPort
 from addrinuse.sockets import resolve
+
+# 4-tuples (laddr, lport, raddr, rport) of the connections this process opened: `why` calls an
+# entry with such a 4-tuple the client end for certain, whatever the port numbers look like.
+_CONNECTED: set[tuple[str, int, str, int]] = set()
+
+
+def connected_here() -> frozenset:
+    return frozenset(_CONNECTED)
 
 
 @dataclass
@@ -44,11 +53,22 @@ def open_connections(host: str, port: int, count: int, timeout: float = 5.0) -> 
                     f"nothing listens on {host}:{port} (ECONNREFUSED): start a server with 'addrinuse start'"
                 ) from err
             except OSError as err:
+                if err.errno == errno.EADDRNOTAVAIL:
+                    raise _no_local_port(address, port) from err
                 raise AddrinuseError(f"connect to {host}:{port} failed: {err.strerror}") from err
+            _CONNECTED.add((*sock.getsockname()[:2], *sock.getpeername()[:2]))
     except BaseException:
         close_all(socks)
         raise
     return socks
+
+
+def _no_local_port(address: str, port: int) -> NoLocalPort:
+    """connect() found no free local port (__inet_hash_connect() -> EADDRNOTAVAIL): name the cause
+    from the connection table."""
+    from addrinuse.diagnose.exhaustion import explain_exhaustion
+
+    return NoLocalPort(address, port, explain_exhaustion(address, port).explanation())
 
 
 def close_all(socks: list[socket.socket]) -> None:

@@ -87,6 +87,16 @@ class AddressInUse(SocketCallError):
     exit_code = EXIT_IN_USE
 
 
+class NoLocalPort(SocketCallError):
+    """EADDRNOTAVAIL from connect(): no local port of ip_local_port_range is left toward that
+    destination (client port exhaustion). The message carries the cause and the fixes (exit 1)."""
+
+    def __init__(self, host: str, port: int, explanation: str):
+        super().__init__("connect", _errno.EADDRNOTAVAIL, host, port)
+        Exception.__init__(self, f"connect() to {host}:{port} failed: EADDRNOTAVAIL "
+                                 f"({_errno.EADDRNOTAVAIL}): {explanation}")
+
+
 class WaitTimeout(AddrinuseError):
     """A --timeout ran out (exit 4)."""
 

@@ -14,6 +14,7 @@ import pytest
 
 from addrinuse.sockets import has_ipv6_loopback
 
+from tests.diagnose_helpers import can_bind, kill, listening_on, mine, orphans, quiet_port, why
 from tests.helpers import wait_for
 
 TCPSERVER = """
@@ -27,13 +28,7 @@ socketserver.TCPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="SOCK_DESTROY needs root (CAP_NET_ADMIN)")
 
 
-def free_port() -> int:
-    """A port the kernel picks for a socket without SO_REUSEADDR: nothing at all is on it."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = quiet_port  # nothing at all is on it, on any address: the machine is shared
 
 
 def http_server(port: int, tmp_path) -> list[str]:
@@ -90,9 +85,8 @@ def served_then_killed(argv: list[str], port: int, line: bytes) -> list[int]:
         clients = requests(port, 3, line)
     finally:
         server.stop()
-    from tests.helpers import local
 
-    wait_for(lambda: {e.rport for e in local(port, "TIME_WAIT")} >= set(clients), what="TIME_WAIT on the server port")
+    wait_for(lambda: {e.rport for e in mine(port, "TIME_WAIT")} >= set(clients), what="TIME_WAIT on the server port")
     return clients
 
 
@@ -111,8 +105,12 @@ def test_http_server_sets_reuseaddr_so_only_a_reuseaddr_restart_works(run, tmp_p
     plain = run("why", port, "--json")
     reuse = run("why", port, "--as", "reuseaddr", "--json")
     assert plain.exit_code == 3 and reuse.exit_code == 0
-    assert "a server that sets SO_REUSEADDR can bind now" in plain.json()["verdict"]
-    assert reuse.json()["verdict"].startswith("free for a server that sets SO_REUSEADDR")
+    verdict = plain.json()["verdict"]
+    assert verdict.startswith(f"A plain bind of 127.0.0.1:{port} fails (EADDRINUSE); one with SO_REUSEADDR succeeds.")
+    assert "A server that sets SO_REUSEADDR can bind now" in verdict
+    first = lambda out: out.json()["verdict"].split(". ")[0]  # noqa: E731
+    assert first(reuse) == first(plain)  # the same answers, whatever --as says
+    assert "do not stop a server that sets SO_REUSEADDR" in reuse.json()["verdict"]
     # What really happens: a plain TCPServer (no SO_REUSEADDR) is refused, http.server itself starts.
     assert restart(tcp_server(port), port) is False
     assert restart(http_server(port, tmp_path), port) is True
@@ -125,9 +123,13 @@ def test_plain_tcpserver_does_not_so_nothing_restarts(run, tmp_path):
     reuse = run("why", port, "--as", "reuseaddr", "--json")
     assert plain.exit_code == 3 and reuse.exit_code == 3
     verdict = plain.json()["verdict"]
-    assert "TIME_WAIT entries from a server-side close" in verdict and "SO_REUSEADDR will not help" in verdict
+    assert verdict.startswith(f"A bind of 127.0.0.1:{port} fails, plain and with SO_REUSEADDR (EADDRINUSE).")
+    # The server is gone and this tool did not start it: nothing says which end, and none is guessed.
+    assert "3 TIME_WAIT entries left by connections this host closed first" in verdict
+    assert "SO_REUSEADDR will not help" in verdict
     lingering = plain.json()["lingering"][0]
     assert lingering["state"] == "TIME_WAIT" and lingering["count"] == 3 and 0 < lingering["expires_in_s"] <= 60
+    assert lingering["end"] is None and plain.json()["free_in"]["kind"] == "exact"
     assert restart(tcp_server(port), port) is False
     assert restart(http_server(port, tmp_path), port) is False
 
@@ -139,9 +141,11 @@ def test_a_process_still_listening_is_named(run, tmp_path):
         out = run("why", port, "--as", "reuseaddr")
         data = run("why", port, "--json").json()
         assert out.exit_code == 3
-        assert f"(pid {server.proc.pid}) is listening on it" in data["verdict"] and data["verdict"].endswith("stop it")
-        (listener,) = data["listeners"]
-        assert "http.server" in listener["cmdline"] and listener["user"] == psutil.Process().username()
+        assert f"(pid {server.proc.pid}, user " in data["verdict"] and ": stop it." in data["verdict"]
+        (listener,) = listening_on(data, "127.0.0.1")
+        (owner,) = listener["owners"]
+        assert "http.server" in owner["cmdline"] and owner["user"] == psutil.Process().username()
+        assert data["free_in"]["kind"] == "unknown" and f"pid {server.proc.pid}" in data["free_in"]["reason"]
         assert restart(http_server(port, tmp_path), port) is False  # even with SO_REUSEADDR
     finally:
         server.stop()
@@ -150,7 +154,7 @@ def test_a_process_still_listening_is_named(run, tmp_path):
 def test_an_addrinuse_server_verdict_names_its_kill_command(run):
     rec = run("start", "--json", "--name", "mine").json()
     verdict = run("why", rec["port"], "--json").json()["verdict"]
-    assert "the addrinuse server 'mine'" in verdict and verdict.endswith("addrinuse kill mine")
+    assert "the addrinuse server 'mine'" in verdict and verdict.endswith("addrinuse kill mine.")
     run("kill", "mine")
 
 
@@ -158,7 +162,7 @@ def test_an_addrinuse_server_verdict_names_its_kill_command(run):
 def test_clear_then_a_plain_restart_succeeds(run, tmp_path):
     port = free_port()
     served_then_killed(tcp_server(port), port, b"hello\n")
-    out = run("clear", port, "--yes", "--json")
+    out = run("clear", port, "--host", "127.0.0.1", "--yes", "--json")
     assert out.exit_code == 0 and out.json()["destroyed"] == {"TIME_WAIT": 3} and out.json()["left"] == 0
     assert run("why", port).exit_code == 0
     assert restart(tcp_server(port), port) is True
@@ -166,19 +170,17 @@ def test_clear_then_a_plain_restart_succeeds(run, tmp_path):
 
 @needs_root
 def test_clear_touches_no_other_state_and_no_other_port(run):
-    import tests.helpers as h
-
     rec = run("start", "--json", "--close", "never").json()
     other = run("start", "--json").json()
     run("connect", other["port"], "-n", 2)
     run("kill", other["name"])
-    h.wait_local(other["port"], "TIME_WAIT", 2)
+    wait_for(lambda: len(mine(other["port"], "TIME_WAIT")) == 2, what="2 TIME_WAIT on the other port")
     run("connect", rec["port"], "-n", 2)  # CLOSE_WAIT on rec's port, held by its pid
-    h.wait_local(rec["port"], "CLOSE_WAIT", 2)
-    out = run("clear", rec["port"], "--yes", "--json").json()
+    wait_for(lambda: len(mine(rec["port"], "CLOSE_WAIT")) == 2, what="2 CLOSE_WAIT on rec's port")
+    out = run("clear", rec["port"], "--host", "127.0.0.1", "--yes", "--json").json()
     assert out["count"] == 0
-    assert len(h.local(rec["port"], "CLOSE_WAIT")) == 2 and len(h.local(rec["port"], "LISTEN")) == 1
-    assert len(h.local(other["port"], "TIME_WAIT")) == 2
+    assert len(mine(rec["port"], "CLOSE_WAIT")) == 2 and len(mine(rec["port"], "LISTEN")) == 1
+    assert len(mine(other["port"], "TIME_WAIT")) == 2
     run("kill", rec["name"])
 
 
@@ -225,7 +227,8 @@ def test_dual_stack_overlap_is_explained(run):
     try:
         data = run("why", port, "--json").json()  # an IPv4 bind on 127.0.0.1
         assert data["free"] is False and "IPV6_V6ONLY" in data["dual_stack"] + data["verdict"]
-        assert data["listeners"][0]["v6only"] is False
+        (h,) = listening_on(data, "::")
+        assert h["v6only"] is False and h["conflicts"] is True
     finally:
         dual.close()
     v4 = socket.socket()
@@ -236,3 +239,113 @@ def test_dual_stack_overlap_is_explained(run):
         assert data["free"] is False and "dual-stack bind conflicts" in data["dual_stack"]
     finally:
         v4.close()
+
+
+# --- 3. which end --------------------------------------------------------------------------------
+
+def test_an_outgoing_connections_time_wait_is_the_client_end():
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        c = socket.create_connection(("127.0.0.1", listener.getsockname()[1]))
+        port = c.getsockname()[1]
+        a, _ = listener.accept()
+        c.close()  # the client closes first: TIME_WAIT on its (ephemeral) port
+        a.close()
+        wait_for(lambda: orphans(port, "TIME_WAIT"), what="the client's TIME_WAIT")
+        code, d = why(port)
+        (g,) = [g for g in d["lingering"] if g["state"] == "TIME_WAIT" and g["conflicts"]]
+        assert code == 3 and g["end"] == "client" and "client end" in d["verdict"]
+        assert "server-side" not in d["verdict"] and d["ephemeral"] is True
+        assert "ip_local_reserved_ports" in d["verdict"] and "tcp_tw_reuse does not help a bind" in d["verdict"]
+        assert not can_bind("127.0.0.1", port)
+    finally:
+        listener.close()
+
+
+def test_an_accepted_connection_on_an_ephemeral_port_is_the_server_end():
+    listener = socket.create_server(("127.0.0.1", 0))  # kernel-picked: inside ip_local_port_range
+    port = listener.getsockname()[1]
+    try:
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = listener.accept()
+        a.close()  # the server closes first
+        c.recv(1)
+        c.close()
+        wait_for(lambda: orphans(port, "TIME_WAIT"), what="the server's TIME_WAIT")
+        d = why(port)[1]
+        (g,) = [g for g in d["lingering"] if g["state"] == "TIME_WAIT" and g["conflicts"]]
+        assert g["end"] == "server" and "outgoing" not in d["verdict"]
+    finally:
+        listener.close()
+
+
+def test_records_name_the_server_end_after_the_server_is_gone():
+    from addrinuse.diagnose import diagnose
+    from addrinuse.registry import ServerRecord
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = listener.accept()
+    a.close()
+    c.recv(1)
+    c.close()
+    listener.close()
+    wait_for(lambda: orphans(port, "TIME_WAIT"), what="the server's TIME_WAIT")
+    plain = diagnose(port)
+    assert plain.lingering[0].end is None and "closed first" in plain.verdict
+    record = ServerRecord("gone", 1, 0.0, "127.0.0.1", port, "server-first")
+    assert diagnose(port, records=[record]).lingering[0].end == "server"
+
+
+# --- 4. every process that holds a listener -------------------------------------------------------
+
+PREFORK = """
+import os, socket, sys, time
+s = socket.create_server(("127.0.0.1", 0))
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    kids.append(pid)
+print(s.getsockname()[1], *kids, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_listener_names_every_pid_and_stop_names_them_all():
+    parent = subprocess.Popen([sys.executable, "-c", PREFORK], stdout=subprocess.PIPE, text=True)
+    port, *kids = map(int, parent.stdout.readline().split())
+    try:
+        code, d = why(port)
+        (h,) = listening_on(d, "127.0.0.1")
+        pids = [o["pid"] for o in h["owners"]]
+        assert sorted(pids) == sorted([parent.pid, *kids])
+        assert all(o["cmdline"] and o["user"] and o["name"] for o in h["owners"])
+        assert f"stop all 3 of them: {' '.join(map(str, pids))}" in d["verdict"]
+        assert f"pid {parent.pid} is their parent" in d["verdict"]
+        ss = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert all(f"pid={p}," in ss for p in pids)
+        # The parent alone gone: its children still hold the socket, and a real bind says so.
+        kill(parent)
+        (still,) = listening_on(why(port)[1], "127.0.0.1")
+        left = still["owners"]
+        assert sorted(o["pid"] for o in left) == sorted(kids) and not can_bind("127.0.0.1", port)
+    finally:
+        kill(parent)
+        for pid in kids:  # our grandchildren, by the pids they reported
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: all(_gone(p) for p in kids), what="the forked children to exit")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

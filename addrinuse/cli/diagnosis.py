@@ -11,6 +11,9 @@ from addrinuse.cli.options import PortType, as_option, backend_option, host_opti
 from addrinuse.errors import EXIT_FAILED, EXIT_IN_USE, EXIT_TIMEOUT, BadInput
 
 port_argument = click.argument("port", type=PortType(allow_zero=False))
+v6only_option = click.option("--v6only/--dual-stack", "v6only", default=None,
+                             help="For an IPv6 --host: the server sets IPV6_V6ONLY, or not "
+                                  "(default: the kernel's, net.ipv6.bindv6only).")
 
 
 def records(ctx: click.Context):
@@ -53,15 +56,18 @@ def rebind(ctx, port, host, bind_as, as_json):
 @port_argument
 @host_option
 @as_option
+@v6only_option
 @backend_option
 @json_option
 @click.pass_context
-def why(ctx, port, host, bind_as, backend, as_json):
+def why(ctx, port, host, bind_as, v6only, backend, as_json):
     """Why PORT cannot be bound, when it frees, and the fix (exit 0 free, 3 blocked).
 
-    Probes bind+listen plain, with SO_REUSEADDR and with SO_REUSEPORT; lists the listeners (every pid,
-    name, command line, user), the entries the kernel still holds and when they end, any dual-stack
-    overlap, and whether the port lies in ip_local_port_range.
+    The verdict's first sentence gives both answers, a plain bind and one with SO_REUSEADDR; the exit
+    code is for --as (plain by default). Lists the listeners in the way and those that are not
+    (every pid, name, command line, user), which end left each kernel-held entry and when the port
+    frees (exact, upper bound or unknown), any dual-stack overlap, whether the port lies in
+    ip_local_port_range, and whether connect() to it has run out of local ports.
 
     \b
     Example:
@@ -70,7 +76,7 @@ def why(ctx, port, host, bind_as, backend, as_json):
     from addrinuse.diagnose import diagnose
     from addrinuse.render.diagnosis import diagnosis
 
-    d = diagnose(port, host, bind_as, backend, records=records(ctx))
+    d = diagnose(port, host, bind_as, backend, records=records(ctx), v6only=v6only)
     if as_json:
         emit(d.to_dict())
     else:
@@ -99,6 +105,7 @@ def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
     """
     from addrinuse.cli.progress import Countdown
     from addrinuse.diagnose import MODES, diagnose, port_estimate
+    from addrinuse.render import wrap
     from addrinuse.render.tables import estimate_text
     from addrinuse.sockets import probe, resolve, wait_until_bindable
 
@@ -109,14 +116,13 @@ def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
     waited = 0.0
     result = first
     if not first.ok:
-        estimate = port_estimate(port, host, backend)
+        estimate = port_estimate(port, host, backend, bind_as)
         if not as_json:
-            click.echo(f"waiting for port {port}: frees {estimate_text(estimate)}", err=True)
+            click.echo(wrap(f"waiting for port {port}: frees {estimate_text(estimate)}", "", "  "), err=True)
         with Countdown(None if not as_json else False) as countdown:
             result, waited = wait_until_bindable(
                 host, port, opts, timeout, interval,
-                lambda r, w: countdown(f"waited {w:.1f} s of {timeout:g}; the kernel's estimate was "
-                                       f"{estimate_text(estimate)}"))
+                lambda r, w: countdown(f"waited {w:.1f} s of {timeout:g}; {_left(estimate, w)}"))
     blocking = None if result.ok else diagnose(port, host, bind_as, backend, records=records(ctx))
     if as_json:
         emit({"host": host, "port": port, "as": bind_as, "free": result.ok, "waited_s": round(waited, 3),
@@ -125,9 +131,18 @@ def wait(ctx, port, host, bind_as, timeout, interval, backend, as_json):
     elif result.ok:
         click.echo(f"port {port} is free for {bind_as} after {waited:.2f} s")
     else:
-        click.echo(f"port {port} still blocked after {waited:.1f} s: {blocking.verdict}")
+        click.echo(wrap(f"port {port} still blocked after {waited:.1f} s: {blocking.verdict}", "", "  "))
     if not result.ok:
         ctx.exit(EXIT_TIMEOUT)
+
+
+def _left(estimate, waited: float) -> str:
+    """The countdown's short form of the estimate, counted from now."""
+    kind = estimate.kind.replace("_", " ")
+    if estimate.max_s is None:
+        return f"frees when released ({kind})"
+    low = max(0.0, (estimate.min_s or 0.0) - waited)
+    return f"frees in {low:.1f}-{max(0.0, estimate.max_s - waited):.1f} s ({kind})"
 
 
 @cli.command()
