@@ -200,8 +200,8 @@ def test_the_text_diagram_of_a_real_run():
     assert max(map(len, lines)) <= 80 and lines[0].split()[:2] == ["t", "(s)"]
     lost = next(i for i, line in enumerate(lines) if "ACK (lost) -----X" in line)
     assert "TIME_WAIT~" in lines[lost - 1] and "LAST_ACK" in lines[lost - 1]
-    assert "<---- FIN (resent) -----" in lines[lost + 1] and lines[lost + 2].strip().endswith("- ACK --------->")
-    assert "CLOSED" in lines[lost + 2] + lines[lost + 3]
+    assert "<---- FIN (resent) -----" in lines[lost + 1] and "- ACK --------->" in lines[lost + 2]
+    assert "CLOSED" in lines[lost + 2] + lines[lost + 3]  # B, when that ACK arrived (in the same 0.1 ms or not)
     assert lines[-1].lstrip().startswith("~ inferred")
 
 
