@@ -18,6 +18,7 @@ from addrinuse.conntable import STATES
 from addrinuse.experiments import builtin, catalogue, find, loads
 from addrinuse.experiments import run as run_experiment
 from tests.helpers import wait_for
+from tests.test_lab_experiments import TESTED as LAB_TESTED
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 README = (EXPERIMENTS / "README.md").read_text()
@@ -129,6 +130,7 @@ def test_socketserver_restart():
 
 
 TESTED = {name[len("test_"):].replace("_", "-") for name in dir() if name.startswith("test_")}
+TESTED |= LAB_TESTED  # the lab experiments run in tests/test_lab_experiments.py
 
 
 def test_every_file_has_a_test_and_a_readme_entry():

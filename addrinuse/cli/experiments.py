@@ -79,8 +79,10 @@ def experiment_show(name, directory, as_json):
         click.echo(wrap(params or "-", f"  {step.id:<18} {step.do:<14} ", " " * 36))
     click.echo("expectations:")
     for e in s.expect:
-        click.echo(wrap(", ".join(f"{k} = {value(v)}" for k, v in e.checks.items()), f"  {e.step:<18} {e.what}: ",
-                        " " * 6))
+        # equals/within/includes/excludes hold {key: value}: shown as the TOML's dotted keys
+        text = ", ".join(", ".join(f"{k}.{key} = {value(x)}" for key, x in v.items()) if isinstance(v, dict)
+                         else f"{k} = {value(v)}" for k, v in e.checks.items())
+        click.echo(wrap(text, f"  {e.step:<18} {e.what}: ", " " * 6))
     click.echo("\n" + wrap(s.explain, "why: ", "     "))
 
 
@@ -91,10 +93,13 @@ def experiment_show(name, directory, as_json):
 @click.option("--slow", is_flag=True, help="With --all or --dir: include the slow ones (time-wait-lifetime, ~62 s).")
 @click.option("--junit-xml", "junit_xml", type=click.Path(dir_okay=False),
               help="Also write a JUnit XML report there (one test case per experiment), for CI.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Also write report.html and one SVG per figure into this directory (created if missing): "
+                   "sequence diagrams, TIME_WAIT counts, expected vs observed.")
 @backend_option
 @json_option
 @click.pass_context
-def experiment_run(ctx, targets, everything, directory, slow, junit_xml, backend, as_json):
+def experiment_run(ctx, targets, everything, directory, slow, junit_xml, report_dir, backend, as_json):
     """Run experiments by name or .toml path (or all of them); check expected against observed.
 
     Exit 0 when every experiment that ran passed, 1 when any expectation differed (or nothing was
@@ -105,6 +110,7 @@ def experiment_run(ctx, targets, everything, directory, slow, junit_xml, backend
     Example:
       addrinuse experiment run restart-after-server-close my-incident.toml
       addrinuse experiment run --all --junit-xml experiments.xml
+      addrinuse experiment run lost-final-ack --report out/
     """
     from datetime import datetime, timezone
 
@@ -122,6 +128,10 @@ def experiment_run(ctx, targets, everything, directory, slow, junit_xml, backend
         raise BadInput("name experiments (or .toml paths), or pass --all (or --dir DIR)")
     if junit_xml:
         junit.check_writable(junit_xml)
+    if report_dir:
+        from addrinuse.experiments.report import check_report_dir
+
+        check_report_dir(report_dir)
     began = datetime.now(timezone.utc)
     if targets:
         scenarios = [find(t, directory) for t in targets]
@@ -152,6 +162,12 @@ def experiment_run(ctx, targets, everything, directory, slow, junit_xml, backend
     code = verdict(reports)
     if junit_xml:
         junit.write(junit_xml, reports, began)
+    if report_dir:
+        from addrinuse.figures import write_report
+
+        files = write_report(report_dir, reports)
+        click.echo(f"report: {files.report} and {len(files.figures)} figure{'' if len(files.figures) == 1 else 's'} "
+                   f"({files.total_bytes / 1024:.0f} kB)", err=True)
     if as_json:
         emit({"passed": code == 0, "experiments": reports})
     elif len(reports) > 1 or code:

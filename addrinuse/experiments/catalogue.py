@@ -38,7 +38,8 @@ def builtin():
 
 def _toml_files(root) -> list:
     try:
-        return sorted((f for f in root.iterdir() if f.name.endswith(".toml") and f.is_file()), key=lambda f: f.name)
+        # By experiment name: "lost-final-ack" before "lost-final-ack-without-time-wait" ('.' > '-')
+        return sorted((f for f in root.iterdir() if f.name.endswith(".toml") and f.is_file()), key=lambda f: f.name[:-5])
     except FileNotFoundError:
         return []
     except OSError as err:

@@ -242,3 +242,78 @@ class Range(Param):
         if not 0 <= low <= high <= self.high:
             raise Invalid(f"[{low}, {high}] is not a range", f"give 0 <= low <= high <= {self.high:g}")
         return [float(low), float(high)]
+
+
+PATH_RE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+MAX_PATHS = 50
+
+
+class Paths(Param):
+    """A table {path: expected} naming values of a step's result: a path is a result key, with "."
+    into nested tables and list items by index ("counters.fin_out", "rounds.0.late_s"). TOML's own
+    dotted keys give the same table (`within.counters.fin_out = [2, 2]`): nested tables are
+    flattened into paths, so each leaf is one check. `leaf(value) -> value` checks each expected
+    value (raising Invalid)."""
+
+    def __init__(self, leaf, doc: str = ""):
+        self.leaf, self.doc = leaf, doc
+
+    def check(self, value, earlier=None):
+        if not isinstance(value, dict) or not value:
+            raise Invalid(f"{_show(value)} is {_kind(value)}",
+                          "give a table of result keys, e.g. within.delay_ms = [100, 300]")
+        out: dict = {}
+        self._flatten(value, (), out)
+        if not out:
+            raise Invalid("names no value (only empty tables)", "give a table of result keys, e.g. equals.b_error = \"ECONNRESET\"")
+        return out
+
+    def _flatten(self, table: dict, prefix: tuple, out: dict) -> None:
+        for key, value in table.items():
+            parts = (*prefix, *str(key).split("."))
+            if not all(PATH_RE.match(p) for p in parts) or len(parts) > 8:
+                raise Invalid(f"{_show('.'.join(parts))} is not a result key",
+                              "use letters, digits and '_', with '.' between nested keys (at most 8)")
+            if isinstance(value, dict):
+                self._flatten(value, parts, out)
+                continue
+            if len(out) >= MAX_PATHS:
+                raise Invalid(f"names more than {MAX_PATHS} values", "split it into several [[expect]] tables")
+            try:
+                out[".".join(parts)] = self.leaf(value)
+            except Invalid as err:
+                raise Invalid(f"{'.'.join(parts)}: {err.problem}", err.fix) from None
+
+
+def _scalar(value):
+    if isinstance(value, str):
+        return Text().check(value)
+    if isinstance(value, (bool, int)):
+        return value
+    return _number(value)
+
+
+def any_value(value):
+    """An expected value: a string, number or true/false, or a list of them."""
+    if isinstance(value, list):
+        if len(value) > 64:
+            raise Invalid("is a list of more than 64 values", "give a shorter list")
+        return [_scalar(v) for v in value]
+    return _scalar(value)
+
+
+def number_range(value):
+    """[low, high], both finite numbers, low <= high (any unit: the key's name says which)."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise Invalid(f"{_show(value)} is not [low, high]", "give two numbers, e.g. [195, 1000]")
+    low, high = (_number(v) for v in value)
+    if not low <= high:
+        raise Invalid(f"[{low}, {high}] is not a range", "give low <= high")
+    return [low, high]
+
+
+def value_list(value):
+    """A non-empty list of expected values (each a string, number or true/false)."""
+    if not isinstance(value, list) or not value:
+        raise Invalid(f"{_show(value)} is {_kind(value)}", "give a non-empty list, e.g. [\"TIME_WAIT\"]")
+    return any_value(value)

@@ -71,11 +71,35 @@ class Report:
         return self.status == "passed"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "passed": self.passed, "skipped": self.skipped,
+        return {"name": self.name, "purpose": self.purpose, "status": self.status, "passed": self.passed,
+                "skipped": self.skipped,
                 "message": self.message, "checks": [c.to_dict() for c in self.checks], "steps": self.steps,
                 "ports": sorted(set(self.ports)), "states": self.states, "states_seen": sorted(self.states_seen),
                 "duration_s": round(self.duration_s, 3), "kernel": platform.release(), "sysctls": sysctls(),
                 "path": self.path, "explain": " ".join(self.explain.split())}
+
+
+def check_report_dir(path) -> None:
+    """Refuse, before anything runs, a --report directory that cannot be written (ReportPathError,
+    exit 2): an existing non-directory, or a folder (or the nearest existing parent of one to be
+    created) this user cannot write. The report itself is written by addrinuse.figures.write_report."""
+    import os
+
+    from addrinuse.errors import ReportPathError
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ReportPathError(str(path), "exists and is not a directory",
+                              "give a directory (created if missing), or remove that file first")
+    existing = target
+    while not existing.exists():
+        if existing.is_symlink():
+            raise ReportPathError(str(existing), "is a symlink to nothing", "remove it or give another directory")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ReportPathError(str(existing), "is not a directory", "give a path whose parents are directories")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ReportPathError(str(existing), "is not writable by this user", "give a directory you can write to")
 
 
 def count(reports) -> dict[str, int]:

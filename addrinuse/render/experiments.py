@@ -94,7 +94,7 @@ def catalogue_list(scenarios: list) -> str:
     for s in scenarios:
         name = s.name + (" (slow)" if s.slow else "")
         states = " ".join(s.states) or "-"
-        lines.append(wrap(states, f"{name:<28} ", " " * 29) if len(name) < 28 else f"{name}\n{'':<29}{states}")
+        lines.append(wrap(states, f"{name:<28} ", " " * 29) if len(name) < 28 else f"{name}\n" + wrap(states, " " * 29))
         lines.append(wrap(s.purpose, "    ", "    "))
     return "\n".join(lines)
 

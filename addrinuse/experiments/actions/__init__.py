@@ -41,6 +41,7 @@ ACTION_MODULES = [
     "addrinuse.experiments.actions.sockets",
     "addrinuse.experiments.actions.servers",
     "addrinuse.experiments.actions.observe",
+    "addrinuse.lab.actions",
 ]
 
 

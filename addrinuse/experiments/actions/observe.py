@@ -69,20 +69,28 @@ def _describe_gone(r: dict) -> str:
     doc="poll until a port's entries are gone; their lifetime")
 def wait_gone(ctx, p: dict) -> dict:
     from addrinuse.conntable import last_expiry
+    from addrinuse.figures import CountRecorder
 
     host, port = _where(ctx, p)
     start = ctx.ended[p["since"][1:]] if p["since"] else time.monotonic()
     deadline = time.monotonic() + p["timeout"]
+    # The entries per state over the wait, with each TIME_WAIT entry's predicted end: the report's
+    # count chart (t = 0 is the start of the measured lifetime).
+    since = f"the end of step {p['since'][1:]}" if p["since"] else "the start of the wait"
+    counts = CountRecorder(port, f"{'/'.join(p['states'])} entries on {host}:{port} (t = 0: {since})")
     while entries := ctx.entries(port, p["states"], "local", host):
         now = time.monotonic()
+        counts.add(now - start, entries)
         if now > deadline:
-            return {"port": port, "host": host, "gone": False, "lifetime_s": None}
+            return {"port": port, "host": host, "gone": False, "lifetime_s": None, "counts": counts.to_dict()}
         left = last_expiry(entries)
         timer = f"the last timer ends in {left:.1f} s" if left is not None else f"up to {deadline - now:.0f} s left"
         ctx.progress(f"{len(entries)} {'/'.join(p['states'])} on port {port}: {timer} (waited {now - start:.0f} s)")
         time.sleep(p["interval"])
     vanished = time.monotonic()
-    out = {"port": port, "host": host, "gone": True, "lifetime_s": round(vanished - start, 3)}
+    counts.add(vanished - start, [])
+    out = {"port": port, "host": host, "gone": True, "lifetime_s": round(vanished - start, 3),
+           "counts": counts.to_dict()}
     if p["then_probe"]:
         from addrinuse.sockets import SocketOptions, probe
 
