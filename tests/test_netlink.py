@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -223,3 +224,137 @@ def test_watch_gives_a_time_wait_lifetime_as_soon_as_the_entry_appears(run):
     assert (first["event"], first["state"], first["rport"]) == ("appeared", "TIME_WAIT", client)
     assert first["age_from"] == "watch" and 0 <= first["age_s"] <= 1.0
     assert 59.0 <= first["lifetime_expected_min_s"] <= 61.0 and first["expires_in_s"] <= 60.0
+
+
+def test_bound_only_sockets_appear_only_when_asked_for_and_only_on_their_port(netlink, run):
+    """TCP_BOUND_INACTIVE: the kernel walks its bind hash only when asked, reports the sockets as
+    CLOSE, and that walk ignores the request's port fields: only the bytecode filter keeps another
+    port's bound socket out (before it, every bound socket of the machine matched any port)."""
+    from addrinuse.conntable.netlink import TCP_BOUND_INACTIVE, state_mask
+
+    mine, other = socket.socket(), socket.socket()
+    mine.bind(("127.0.0.1", 0))
+    other.bind(("127.0.0.1", 0))
+    port, other_port = mine.getsockname()[1], other.getsockname()[1]
+    try:
+        assert not state_mask(None) & (1 << TCP_BOUND_INACTIVE)
+        assert state_mask(frozenset({"CLOSED"})) & (1 << TCP_BOUND_INACTIVE)
+        assert netlink.snapshot(port) == [] and netlink.snapshot(port, local=True) == []
+        assert not [e for e in netlink.snapshot() if e.lport in (port, other_port)]
+        for spelling in ("CLOSED", "bound", "unconn"):
+            (entry,) = netlink.snapshot(port, [spelling])
+            assert (entry.laddr, entry.lport, entry.state, entry.pid) == ("127.0.0.1", port, "CLOSED", os.getpid())
+        assert {e.lport for e in netlink.snapshot(port, ["CLOSED"], local=True)} == {port}
+        assert {e.lport for e in netlink.snapshot(None, ["CLOSED"])} >= {port, other_port}
+        table = run("table", "--port", port, "--state", "bound", "--json").json()
+        assert [(e["lport"], e["state"]) for e in table["entries"]] == [(port, "CLOSED")]
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_one_dump_answers_both_sides_of_a_port(netlink):
+    """`(sport = P or dport = P)` as kernel bytecode: one request, one walk; the same 4-tuples as
+    ss with the same filter and as /proc/net/tcp."""
+    from tests.helpers import ss_rows
+
+    listener = plain_listener()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    try:
+        server_first_cycles(listener, 3)
+        settled(netlink, port, 3)
+        calls = []
+        real = netlink._dump_once
+        netlink._dump_once = lambda *a: calls.append(1) or real(*a)
+        entries = netlink.snapshot(port)
+        del netlink._dump_once
+        assert len(calls) == 1
+        mine = {(e.laddr, e.lport, e.raddr, e.rport, e.state) for e in entries}
+        client_port = client.getsockname()[1]
+        assert {("127.0.0.1", port, "*", 0, "LISTEN"), ("127.0.0.1", port, "127.0.0.1", client_port, "ESTABLISHED"),
+                ("127.0.0.1", client_port, "127.0.0.1", port, "ESTABLISHED")} <= mine
+        proc = {(r["laddr"], r["lport"], r["raddr"] if r["state"] != "LISTEN" else "*",
+                 r["rport"] if r["state"] != "LISTEN" else 0, r["state"]) for r in proc_rows(port, local=False)}
+        assert mine == proc
+        if has_ss():
+            assert {(lp, rp, st) for _, lp, _, rp, st in mine} == ss_rows(port)
+    finally:
+        for sock in (conn, client, listener):
+            sock.close()
+
+
+def test_host_filter_in_the_kernel_agrees_with_same_address(netlink):
+    """--host as bytecode (src = H or dst = H), IPv4-mapped peers of a dual-stack listener included."""
+    from addrinuse.conntable.match import same_address
+
+    one = plain_listener("127.0.0.1")
+    port = one.getsockname()[1]
+    two = socket.socket()
+    two.bind(("127.0.0.2", port))
+    two.listen()
+    opened = [one, two]
+    try:
+        server_first_cycles(one, 2)
+        server_first_cycles(two, 1, host="127.0.0.2")
+        if has_ipv6_loopback():
+            dual = plain_listener("::", socket.AF_INET6, v6only=False)
+            opened.append(dual)
+            server_first_cycles(dual, 2)
+        everything = netlink.snapshot()
+        for host in ("127.0.0.1", "127.0.0.2", "0.0.0.0", "::", "::1", "::ffff:127.0.0.1"):
+            want = {e.key for e in everything
+                    if same_address(host, e.laddr) or (e.raddr != "*" and same_address(host, e.raddr))}
+            got = {e.key for e in netlink.snapshot(host=host)}
+            # Entries come and go between the two reads on a busy machine: compare ours only.
+            ours = {k for k in want | got if port in (k[2], k[4]) or (len(opened) == 3 and opened[2].getsockname()[1] in (k[2], k[4]))}
+            assert got & ours == want & ours, host
+        assert {e.laddr for e in netlink.snapshot(port, local=True, host="127.0.0.2")} == {"127.0.0.2"}
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_cached_owners_follow_a_socket_handed_to_a_child(tmp_path):
+    """watch's backend keeps owners between polls, checked by one readlink per holder: when this
+    process closes its copy of a listener a child inherited, the child is the owner at once."""
+    import subprocess
+
+    backend = get_backend("netlink", cache_owners=True)
+    listener = plain_listener()
+    port = listener.getsockname()[1]
+    child = None
+    try:
+        (first,) = backend.snapshot(port, ["LISTEN"])
+        assert [o.pid for o in first.owners] == [os.getpid()]
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                                 pass_fds=[listener.fileno()])
+        listener.close()
+        (second,) = backend.snapshot(port, ["LISTEN"])
+        assert [o.pid for o in second.owners] == [child.pid]
+        (third,) = backend.snapshot(port, ["LISTEN"])  # from the cache, still checked
+        assert third.owners == second.owners
+    finally:
+        listener.close()
+        if child:
+            child.stdin.close()
+            child.wait(timeout=10)
+        backend.close()
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_wildcards_of_both_families_keep_their_own_text(netlink):
+    """0.0.0.0 and :: are the same 16 bytes in inet_diag_msg: the address memo is per family."""
+    v4, v6 = plain_listener("0.0.0.0"), plain_listener("::", socket.AF_INET6, v6only=True)
+    try:
+        for _ in range(2):  # the second time from the memo
+            for dump in (netlink.snapshot(None, ["LISTEN"]), list(netlink.table(None, ["LISTEN"]))):
+                seen = {(e.family, e.laddr, e.lport) for e in dump}
+                assert {(4, "0.0.0.0", v4.getsockname()[1]), (6, "::", v6.getsockname()[1])} <= seen
+            items = [json.loads(t) for t in netlink.table(None, ["LISTEN"]).json_items()]
+            seen = {(e["family"], e["laddr"], e["lport"]) for e in items}
+            assert {(4, "0.0.0.0", v4.getsockname()[1]), (6, "::", v6.getsockname()[1])} <= seen
+    finally:
+        v4.close()
+        v6.close()

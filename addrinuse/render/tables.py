@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from addrinuse.render import endpoint, fit
+from addrinuse.render import WIDTH, endpoint, fit
 
 if TYPE_CHECKING:  # type hints only
     from addrinuse.conntable import Entry
@@ -40,6 +40,36 @@ def table_row(e: Entry, timers: bool) -> str:
 
 def table(entries: list[Entry], timers: bool = False) -> str:
     return "\n".join([table_header(timers)] + [table_row(e, timers) for e in entries])
+
+
+def _host(addr: str) -> str:
+    """endpoint()'s address part."""
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[7:]
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def table_lines(entries: Iterable[Entry], timers: bool = False) -> Iterator[str]:
+    """table_row() for each entry, line for line the same text, for whole tables streamed by
+    `table`: each address is formatted once, not once per row (tests/test_table_stream.py)."""
+    hosts: dict[str, str] = {}
+    for e in entries:
+        laddr, raddr = e.laddr, e.raddr
+        lhost = hosts.get(laddr)
+        if lhost is None:
+            lhost = hosts[laddr] = _host(laddr)
+        if raddr == "*" and e.rport == 0:
+            remote = "*:*"
+        else:
+            rhost = hosts.get(raddr)
+            if rhost is None:
+                rhost = hosts[raddr] = _host(raddr)
+            remote = f"{rhost}:{e.rport}"
+        head = f"{'tcp' if e.family == 4 else 'tcp6':<5} {f'{lhost}:{e.lport}':<{EP}} {remote:<{EP}} {e.state:<11}"
+        if timers:
+            head += " {:>6}".format("-" if e.expires_in_s is None else f"{e.expires_in_s:.1f}s")
+        tail = owners_text(e.owners) if e.owners else "-"
+        yield f"{head} {tail}".rstrip() if len(head) + 1 + len(tail) <= WIDTH else fit(head, tail, indent=6)
 
 
 def probe(result: ProbeResult) -> str:
