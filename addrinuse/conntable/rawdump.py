@@ -30,16 +30,15 @@ TCP_LISTEN = 10
 TIMERS = (None, "on", "keepalive", "timewait", "persist")
 # TCP_BOUND_INACTIVE (13) is reported by the kernel as TCP_CLOSE; named here in case one reports 13.
 STATE_NAMES = KERNEL_STATES + ("CLOSED",)
+V6ONLY_JSON = {None: "null", True: "true", False: "false"}
 _new_entry = tuple.__new__  # Entry(...) without NamedTuple.__new__'s keyword handling: the hot path
 
 
+LITTLE = sys.byteorder == "little"  # the ports were read in host order: swap them to network order
+
+
 def _swap(port: int) -> int:
-    return (port & 0xFF) << 8 | port >> 8
-
-
-if sys.byteorder == "big":  # the ports were read in network order already
-    def _swap(port: int) -> int:  # noqa: F811
-        return port
+    return (port & 0xFF) << 8 | port >> 8 if LITTLE else port
 
 
 class RawDump:
@@ -58,89 +57,105 @@ class RawDump:
         # same (a wrong answer is worse than a slow one), by state number and ports before decoding.
         self._wanted = tuple(states is None or name in states for name in STATE_NAMES)
 
-    def _messages(self) -> Iterator[tuple]:
-        """MESSAGE fields of each answer (ports in host order), chosen by state and port."""
+    def _answers(self) -> Iterator[list[tuple]]:
+        """Per datagram, the (MESSAGE fields, offset) of each answer to this dump's requests that
+        the state and port checks keep; the ports in the fields are in network byte order. A list
+        per datagram (a few hundred answers), not a generator per answer: the consumers' loops are
+        the hot path of a whole-table listing."""
         seqs, answers, wanted, port, local = self.seqs, self.answers, self._wanted, self.port, self.local
-        unpack, head = MESSAGE.unpack_from, HEAD.unpack_from
+        unpack, head, full, last_state = MESSAGE.unpack_from, HEAD.unpack_from, MESSAGE.size, len(wanted)
+        nports = None if port is None else _swap(port)
         for chunk in self.chunks:
-            offset, size = 0, len(chunk)
+            offset, size, kept = 0, len(chunk), []
             while offset + HEAD.size <= size:
-                length, kind, _, seq = head(chunk, offset)
-                if seq in seqs and kind in answers and length >= DIAG_MSG_END:
-                    fields = unpack(chunk, offset)
-                    state = fields[5]
-                    lport, rport = _swap(fields[7]), _swap(fields[8])
-                    if (state < len(wanted) and wanted[state]) and (
-                            port is None or lport == port or (not local and rport == port)):
-                        yield fields, lport, rport, chunk, offset
-                offset += (length + 3) & ~3
+                if offset + full > size:  # a short message (NLMSG_DONE, an error) ends the datagram
+                    offset += (head(chunk, offset)[0] + 3) & ~3
+                    continue
+                fields = unpack(chunk, offset)
+                if (fields[3] in seqs and fields[1] in answers and fields[0] >= DIAG_MSG_END and fields[5] < last_state
+                        and wanted[fields[5]] and (nports is None or fields[7] == nports
+                                                   or (not local and fields[8] == nports))):
+                    kept.append((fields, offset))
+                offset += (fields[0] + 3) & ~3
+            yield chunk, kept
 
     def __iter__(self) -> Iterator[Entry]:
         count = 0
         caches, owners, host = self.addr_cache, self.owners, self.host
-        for (_, _, _, _, family, state, timer, _, _, src, dst, cookie, expires, _, _, uid, inode), lport, rport, chunk, \
-                offset in self._messages():
-            cache = caches[family]  # per family: 0.0.0.0 and :: are the same 16 bytes
-            laddr = cache.get(src) or self._addr(family, src)
-            if state == TCP_LISTEN:
-                raddr, rport = "*", 0
-            else:
-                raddr = cache.get(dst) or self._addr(family, dst)
-            entry = _new_entry(Entry, (
-                4 if family == socket.AF_INET else 6, laddr, lport, raddr, rport, STATE_NAMES[state],
-                owners.get(inode, ()) if inode else (), inode or None, uid,
-                TIMERS[timer] if timer < len(TIMERS) else None, expires / 1000.0 if timer else None,
-                _v6only(chunk, offset) if family == socket.AF_INET6 else None, cookie))
-            if host is not None and not _has_address(entry, host):
-                continue
-            count += 1
-            yield entry
+        inet, timers, names = socket.AF_INET, TIMERS, STATE_NAMES
+        for chunk, kept in self._answers():
+            for (_, _, _, _, family, state, timer, lport, rport, src, dst, cookie, expires, _, _, uid, inode), offset \
+                    in kept:
+                cache = caches[family]  # per family: 0.0.0.0 and :: are the same 16 bytes
+                laddr = cache.get(src) or self._addr(family, src)
+                if state == TCP_LISTEN:
+                    raddr, rport = "*", 0
+                else:
+                    raddr = cache.get(dst) or self._addr(family, dst)
+                    rport = (rport & 0xFF) << 8 | rport >> 8 if LITTLE else rport
+                entry = _new_entry(Entry, (
+                    4 if family == inet else 6, laddr, (lport & 0xFF) << 8 | lport >> 8 if LITTLE else lport, raddr,
+                    rport, names[state], owners.get(inode, ()) if inode else (), inode or None, uid,
+                    timers[timer] if timer < 5 else None, expires / 1000.0 if timer else None,
+                    None if family == inet else _v6only(chunk, offset), cookie))
+                if host is not None and not _has_address(entry, host):
+                    continue
+                count += 1
+                yield entry
         self.count = count
 
     def json_items(self) -> Iterator[str]:
-        """Each entry as JSON text: exactly jsonstream.entry_json(entry), straight from the bytes."""
-        from addrinuse.jsonstream import ENTRY_TEMPLATE, encode_str, entry_json, owners_json
+        """Each entry as JSON text: exactly jsonstream.entry_json(entry), straight from the bytes.
+        The text is put together from pieces remembered per address, per (state, owners, uid,
+        timer) and per time left: most of a big table is TIME_WAIT entries that differ only in
+        ports, remote address, time left and cookie."""
+        from addrinuse.jsonstream import encode_str, entry_json, owners_json
 
         if self.host is not None:  # the host check needs the decoded entry: the plain way
             yield from map(entry_json, self)
             return
         count = 0
-        caches, owners = self.addr_cache, self.owners
-        jcaches: dict[int, dict[bytes, str]] = {family: {} for family in caches}
-        states = tuple("null" if name is None else encode_str(name) for name in STATE_NAMES)
-        timers = tuple("null" if t is None else encode_str(t) for t in TIMERS)
-        lit = {None: "null", True: "true", False: "false"}
-        jowners: dict[int, str] = {}
-        jexpires: dict[int, str] = {}
-        for (_, _, _, _, family, state, timer, _, _, src, dst, cookie, expires, _, _, uid, inode), lport, rport, chunk, \
-                offset in self._messages():
-            jaddr, cache = jcaches[family], caches[family]  # per family: 0.0.0.0 and :: are the same bytes
-            jl = jaddr.get(src)
-            if jl is None:
-                jl = jaddr[src] = encode_str(cache.get(src) or self._addr(family, src))
-            if state == TCP_LISTEN:
-                jr, rport = '"*"', 0
-            else:
-                jr = jaddr.get(dst)
-                if jr is None:
-                    jr = jaddr[dst] = encode_str(cache.get(dst) or self._addr(family, dst))
-            if inode:
-                jo = jowners.get(inode)
-                if jo is None:
-                    jo = jowners[inode] = owners_json(owners.get(inode, ()))
-            else:
-                jo = "[]"
-            if timer:
-                je = jexpires.get(expires)
-                if je is None:
-                    je = jexpires[expires] = float.__repr__(expires / 1000.0)
-            else:
-                je = "null"
-            count += 1
-            yield ENTRY_TEMPLATE % (
-                4 if family == socket.AF_INET else 6, jl, lport, jr, rport, states[state], jo, inode or "null", uid,
-                timers[timer] if timer < len(timers) else "null", je,
-                lit[_v6only(chunk, offset)] if family == socket.AF_INET6 else "null", cookie)
+        caches, owners, inet = self.addr_cache, self.owners, socket.AF_INET
+        local_part: dict[tuple, str] = {}  # '{"family": 4, "laddr": "...", "lport": '
+        remote_part: dict[tuple, str] = {}  # ', "raddr": "...", "rport": '
+        middle_part: dict[tuple, str] = {}  # ', "state": ... "expires_in_s": '
+        left: dict[int, str] = {}
+        for chunk, kept in self._answers():
+            for (_, _, _, _, family, state, timer, lport, rport, src, dst, cookie, expires, _, _, uid, inode), offset \
+                    in kept:
+                head = local_part.get((family, src))
+                if head is None:
+                    laddr = caches[family].get(src) or self._addr(family, src)
+                    head = local_part[(family, src)] = (
+                        f'{{"family": {4 if family == inet else 6}, "laddr": {encode_str(laddr)}, "lport": ')
+                if state == TCP_LISTEN:
+                    remote, rport = ', "raddr": "*", "rport": ', 0
+                else:
+                    remote = remote_part.get((family, dst))
+                    if remote is None:
+                        raddr = caches[family].get(dst) or self._addr(family, dst)
+                        remote = remote_part[(family, dst)] = f', "raddr": {encode_str(raddr)}, "rport": '
+                    rport = (rport & 0xFF) << 8 | rport >> 8 if LITTLE else rport
+                middle = middle_part.get((state, inode, uid, timer))
+                if middle is None:
+                    holders = owners_json(owners.get(inode, ())) if inode else "[]"
+                    name = STATE_NAMES[state]
+                    kind = TIMERS[timer] if timer < len(TIMERS) else None
+                    middle = (f', "state": {"null" if name is None else encode_str(name)}, "owners": {holders}, '
+                              f'"inode": {inode or "null"}, "uid": {uid}, '
+                              f'"timer": {"null" if kind is None else encode_str(kind)}, "expires_in_s": ')
+                    if not inode:  # one per state and timer; a socket's own (owners) is not kept
+                        middle_part[(state, inode, uid, timer)] = middle
+                if timer:
+                    seconds = left.get(expires)
+                    if seconds is None:
+                        seconds = left[expires] = float.__repr__(expires / 1000.0)
+                else:
+                    seconds = "null"
+                v6only = "null" if family == inet else V6ONLY_JSON[_v6only(chunk, offset)]
+                count += 1
+                yield (f'{head}{(lport & 0xFF) << 8 | lport >> 8 if LITTLE else lport}{remote}{rport}{middle}{seconds}'
+                       f', "v6only": {v6only}, "cookie": {cookie}}}')
         self.count = count
 
     def _addr(self, family: int, raw: bytes) -> str:

@@ -51,25 +51,31 @@ def _host(addr: str) -> str:
 
 def table_lines(entries: Iterable[Entry], timers: bool = False) -> Iterator[str]:
     """table_row() for each entry, line for line the same text, for whole tables streamed by
-    `table`: each address is formatted once, not once per row (tests/test_table_stream.py)."""
+    `table`: addresses, states and timer texts are formatted once, not once per row
+    (tests/test_table_stream.py checks the two agree)."""
     hosts: dict[str, str] = {}
-    for e in entries:
-        laddr, raddr = e.laddr, e.raddr
+    lefts: dict[float, str] = {}
+    head_format = f"%-5s %-{EP}s %-{EP}s %-11s" + (" %6s" if timers else "")
+    for family, laddr, lport, raddr, rport, state, owners, _, _, _, expires, _, _ in entries:
         lhost = hosts.get(laddr)
         if lhost is None:
             lhost = hosts[laddr] = _host(laddr)
-        if raddr == "*" and e.rport == 0:
+        if rport == 0 and raddr == "*":
             remote = "*:*"
         else:
             rhost = hosts.get(raddr)
             if rhost is None:
                 rhost = hosts[raddr] = _host(raddr)
-            remote = f"{rhost}:{e.rport}"
-        head = f"{'tcp' if e.family == 4 else 'tcp6':<5} {f'{lhost}:{e.lport}':<{EP}} {remote:<{EP}} {e.state:<11}"
+            remote = f"{rhost}:{rport}"
         if timers:
-            head += " {:>6}".format("-" if e.expires_in_s is None else f"{e.expires_in_s:.1f}s")
-        tail = owners_text(e.owners) if e.owners else "-"
-        yield f"{head} {tail}".rstrip() if len(head) + 1 + len(tail) <= WIDTH else fit(head, tail, indent=6)
+            left = lefts.get(expires)
+            if left is None:
+                left = lefts[expires] = "-" if expires is None else f"{expires:.1f}s"
+            head = head_format % ("tcp" if family == 4 else "tcp6", f"{lhost}:{lport}", remote, state, left)
+        else:
+            head = head_format % ("tcp" if family == 4 else "tcp6", f"{lhost}:{lport}", remote, state)
+        tail = owners_text(owners) if owners else "-"
+        yield (head + " " + tail).rstrip() if len(head) + 1 + len(tail) <= WIDTH else fit(head, tail, indent=6)
 
 
 def probe(result: ProbeResult) -> str:
