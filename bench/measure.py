@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 class Run(NamedTuple):
     ms: float
     rss_mib: float | None = None
+    cpu_ms: float | None = None  # user + system CPU time (spawned processes)
 
 
 def call(fn: Callable[[], object]) -> Run:
@@ -35,11 +36,11 @@ TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time
 def spawn(argv: list[str], env: dict | None = None) -> Run:
     """Wall time and peak RSS of one process, its output thrown away (as a pipe reader would).
 
-    The peak RSS comes from GNU time (`-f %M`), which forks the command itself: wait4() on a child
+    The peak RSS and CPU come from GNU time (`-f %M %U %S`), which forks the command itself: wait4() on a child
     of this Python process would report this process's own RSS, as a forked child's maxrss counts
     the memory it shared before exec(). Both a method and its peer pay time's ~1 ms alike."""
     read, write = os.pipe()
-    prefix = [TIME, "-f", "%M", "-o", f"/dev/fd/{write}"] if TIME else []
+    prefix = [TIME, "-f", "%M %U %S", "-o", f"/dev/fd/{write}"] if TIME else []
     with os.fdopen(read) as rss_out:
         try:
             began = time.perf_counter()
@@ -52,7 +53,9 @@ def spawn(argv: list[str], env: dict | None = None) -> Run:
         report = rss_out.read().split()
     if code != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {code}")
-    return Run(took, int(report[-1]) / 1024 if report else None)  # without GNU time: no RSS
+    if len(report) < 3:  # without GNU time: no RSS, no CPU
+        return Run(took)
+    return Run(took, int(report[-3]) / 1024, (float(report[-2]) + float(report[-1])) * 1000)
 
 
 def interleaved(runs: dict[str, Callable[[], Run]], repeats: int) -> dict[str, Run]:
@@ -66,7 +69,9 @@ def interleaved(runs: dict[str, Callable[[], Run]], repeats: int) -> dict[str, R
     out = {}
     for name, results in seen.items():
         rss = [r.rss_mib for r in results if r.rss_mib is not None]
-        out[name] = Run(statistics.median(r.ms for r in results), max(rss) if rss else None)
+        cpu = [r.cpu_ms for r in results if r.cpu_ms is not None]
+        out[name] = Run(statistics.median(r.ms for r in results), max(rss) if rss else None,
+                        statistics.median(cpu) if cpu else None)
     return out
 
 

@@ -70,12 +70,19 @@ def test_streamed_json_is_byte_for_byte_the_plain_document(variety, states):
 
 
 @linux
-def test_table_lines_are_table_rows(variety):
+def test_text_lines_from_the_bytes_are_table_rows(variety):
     entries = get_backend("netlink").snapshot()
     entries.append(Entry(6, "fe80::1:2:3:4%eth0", 65535, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff", 65535, "ESTABLISHED",
                          (Owner(1, "a very long process name"), Owner(2, None)), expires_in_s=7.25))
-    for timers in (True, False):
-        assert list(table_lines(entries, timers)) == [table_row(e, timers) for e in entries]
+    assert list(table_lines(entries, True)) == [table_row(e, True) for e in entries]
+    assert any(len(table_row(e, True).splitlines()) == 2 for e in entries)  # the wrapped row is there
+    dump = get_backend("netlink").table()
+    decoded = list(dump)  # the same bytes, decoded as entries: the same lines
+    assert any(e.owners for e in decoded) and any(e.state == "LISTEN" for e in decoded)
+    for timers in (False, True):
+        lines = list(dump.text_lines(timers))
+        assert lines == [table_row(e, timers) for e in decoded]
+    assert any("\n" in line for line in lines)  # a row too long for 80 columns: its owner on a line of its own
 
 
 def test_entry_json_matches_json_dumps_on_odd_values():

@@ -85,7 +85,8 @@ def table_cmd(port, host, states, backend, as_json):
     out.write(table_header(source.has_timers) + "\n")
     count = 0
     batch = []
-    for line in table_lines(walk(), source.has_timers):
+    fast = port is None and hasattr(rows, "text_lines")  # as for JSON: no estimate, straight from the bytes
+    for line in rows.text_lines(source.has_timers) if fast else table_lines(walk(), source.has_timers):
         batch.append(line)
         if len(batch) == 512:
             out.write("\n".join(batch) + "\n")

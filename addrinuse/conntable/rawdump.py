@@ -104,6 +104,49 @@ class RawDump:
                 yield entry
         self.count = count
 
+    def text_lines(self, timers: bool = True) -> Iterator[str]:
+        """Each entry as its line of the text table: exactly render.tables.table_row(entry), straight
+        from the bytes (the column rules are render.tables'; this only remembers the pieces: the
+        first two columns per local address and port, the state and time left per value)."""
+        from addrinuse.render.tables import EP, WIDTH, endpoint_host, fit, owners_text, table_row
+
+        if self.host is not None:  # the host check needs the decoded entry: the plain way
+            yield from (table_row(e, timers) for e in self)
+            return
+        count = 0
+        caches, owners, inet, names = self.addr_cache, self.owners, socket.AF_INET, STATE_NAMES
+        starts: dict[tuple, str] = {}
+        remote_hosts: dict[tuple, str] = {}
+        middles: dict[tuple, str] = {}
+        for _, kept in self._answers():
+            for (_, _, _, _, family, state, timer, lport, rport, src, dst, _, expires, _, _, _, inode), _ in kept:
+                start = starts.get((family, src, lport))
+                if start is None:
+                    laddr = caches[family].get(src) or self._addr(family, src)
+                    start = (f"{'tcp' if family == inet else 'tcp6':<5} "
+                             f"{f'{endpoint_host(laddr)}:{_swap(lport)}':<{EP}} ")
+                    if len(starts) < 4096:  # servers' ports repeat, clients' do not: a small memo
+                        starts[(family, src, lport)] = start
+                if state == TCP_LISTEN:
+                    remote = "*:*"
+                else:
+                    host = remote_hosts.get((family, dst))
+                    if host is None:
+                        host = remote_hosts[(family, dst)] = endpoint_host(
+                            caches[family].get(dst) or self._addr(family, dst)) + ":"
+                    remote = host + str((rport & 0xFF) << 8 | rport >> 8 if LITTLE else rport)
+                left = expires if timer else None
+                middle = middles.get((state, left))
+                if middle is None:
+                    middle = middles[(state, left)] = f" {names[state]:<11}" + (
+                        f" {'-' if left is None else f'{left / 1000.0:.1f}s':>6}" if timers else "")
+                head = start + remote.ljust(EP) + middle
+                held = owners.get(inode) if inode else None
+                tail = owners_text(held) if held else "-"
+                count += 1
+                yield (head + " " + tail).rstrip() if len(head) + 1 + len(tail) <= WIDTH else fit(head, tail, indent=6)
+        self.count = count
+
     def json_items(self) -> Iterator[str]:
         """Each entry as JSON text: exactly jsonstream.entry_json(entry), straight from the bytes.
         The text is put together from pieces remembered per address, per (state, owners, uid,

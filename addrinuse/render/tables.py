@@ -42,7 +42,7 @@ def table(entries: list[Entry], timers: bool = False) -> str:
     return "\n".join([table_header(timers)] + [table_row(e, timers) for e in entries])
 
 
-def _host(addr: str) -> str:
+def endpoint_host(addr: str) -> str:
     """endpoint()'s address part."""
     if addr.startswith("::ffff:") and "." in addr:
         addr = addr[7:]
@@ -50,32 +50,9 @@ def _host(addr: str) -> str:
 
 
 def table_lines(entries: Iterable[Entry], timers: bool = False) -> Iterator[str]:
-    """table_row() for each entry, line for line the same text, for whole tables streamed by
-    `table`: addresses, states and timer texts are formatted once, not once per row
-    (tests/test_table_stream.py checks the two agree)."""
-    hosts: dict[str, str] = {}
-    lefts: dict[float, str] = {}
-    head_format = f"%-5s %-{EP}s %-{EP}s %-11s" + (" %6s" if timers else "")
-    for family, laddr, lport, raddr, rport, state, owners, _, _, _, expires, _, _ in entries:
-        lhost = hosts.get(laddr)
-        if lhost is None:
-            lhost = hosts[laddr] = _host(laddr)
-        if rport == 0 and raddr == "*":
-            remote = "*:*"
-        else:
-            rhost = hosts.get(raddr)
-            if rhost is None:
-                rhost = hosts[raddr] = _host(raddr)
-            remote = f"{rhost}:{rport}"
-        if timers:
-            left = lefts.get(expires)
-            if left is None:
-                left = lefts[expires] = "-" if expires is None else f"{expires:.1f}s"
-            head = head_format % ("tcp" if family == 4 else "tcp6", f"{lhost}:{lport}", remote, state, left)
-        else:
-            head = head_format % ("tcp" if family == 4 else "tcp6", f"{lhost}:{lport}", remote, state)
-        tail = owners_text(owners) if owners else "-"
-        yield (head + " " + tail).rstrip() if len(head) + 1 + len(tail) <= WIDTH else fit(head, tail, indent=6)
+    """table_row() for each entry, for a table streamed by `table` (a netlink dump writes its lines
+    straight from the kernel's bytes: conntable.rawdump.RawDump.text_lines, the same text)."""
+    return (table_row(e, timers) for e in entries)
 
 
 def probe(result: ProbeResult) -> str:
