@@ -106,10 +106,6 @@ class Entry(NamedTuple):
         return entry_json(self)
 
 
-class Table(Iterable["Entry"], Protocol):
-    """Entries in sort_key order, decoded while iterated (netlink) or a plain list (psutil)."""
-
-
 class Backend(Protocol):
     name: str
     has_timers: bool
@@ -118,7 +114,9 @@ class Backend(Protocol):
                  local: bool = False, host: str | None = None) -> list[Entry]: ...
 
     def table(self, port: int | None = None, states: Iterable[str] | None = None,
-              local: bool = False, host: str | None = None) -> Table: ...
+              local: bool = False, host: str | None = None) -> Iterable[Entry]:
+        """The same entries as snapshot(), unsorted: netlink's are decoded while iterated (a RawDump,
+        in the kernel's order, with json_items() and text_lines() too); psutil's are a list."""
 
     def close(self) -> None: ...
 
