@@ -11,7 +11,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -87,25 +86,30 @@ class Poller(NamedTuple):
 
 
 def watch_cpu(argv: list[str], seconds: float, env: dict | None = None) -> Poller:
-    """Run `addrinuse watch ... --json` for `seconds` after its start line (its first poll done),
-    then SIGINT it: CPU used meanwhile / polls made meanwhile, and the period it held."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    """Run `addrinuse watch ... --json --duration S` to its end: CPU used after its start line (its
+    first poll done) / polls made after it, and the period it held. With --duration the last poll
+    falls at exactly S (the watch clips its schedule to it), so the summary's t_s / (polls - 1)
+    is the mean period, unbiased; CPU at the end comes from wait4(), at the start line from
+    /proc/PID/schedstat, both the kernel's sum of the process's run time."""
+    proc = subprocess.Popen([*argv, "--duration", str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     try:
         ready, _, _ = select.select([proc.stderr], [], [], 30)
         if not ready or "Ctrl-C to end." not in proc.stderr.readline():
             raise RuntimeError(f"{' '.join(argv)} did not start")
         first = cpu_ns(proc.pid)
-        time.sleep(seconds)
-        last = cpu_ns(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        out = proc.stdout.read()
+        proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
             proc.wait()
     summary = json.loads(out.strip().splitlines()[-1])
     polls = summary["polls"] - 1  # the first poll came before the start line
-    return Poller((last - first) / 1e6 / max(polls, 1), summary["t_s"] * 1000 / max(summary["polls"] - 1, 1), polls)
+    used_ms = (usage.ru_utime + usage.ru_stime) * 1000 - first / 1e6
+    return Poller(used_ms / max(polls, 1), summary["t_s"] * 1000 / max(polls, 1), polls)
 
 
 def loop_cpu(argv: list[str], interval: float, seconds: float) -> Poller:
