@@ -59,7 +59,7 @@ class RawDump:
 
     def _answers(self) -> Iterator[list[tuple]]:
         """Per datagram, the (MESSAGE fields, offset) of each answer to this dump's requests that
-        the state and port checks keep; the ports in the fields are in network byte order. A list
+        the state and port checks keep; the ports in the fields are as read in host order (swap them). A list
         per datagram (a few hundred answers), not a generator per answer: the consumers' loops are
         the hot path of a whole-table listing."""
         seqs, answers, wanted, port, local = self.seqs, self.answers, self._wanted, self.port, self.local
