@@ -24,22 +24,26 @@ class Run(NamedTuple):
 
 
 def call(fn: Callable[[], object]) -> Run:
-    began = time.perf_counter()
+    """Wall and CPU time (user + system: the kernel's walk runs in this process's recv calls)."""
+    cpu, began = time.process_time(), time.perf_counter()
     fn()
-    return Run((time.perf_counter() - began) * 1000)
+    return Run((time.perf_counter() - began) * 1000, None, (time.process_time() - cpu) * 1000)
 
 
 TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
 
 
 def spawn(argv: list[str], env: dict | None = None) -> Run:
-    """Wall time and peak RSS of one process, its output thrown away (as a pipe reader would).
+    """Wall time, CPU time and peak RSS of one process, its output thrown away (as a pipe reader
+    would).
 
-    The peak RSS and CPU come from GNU time (`-f %M %U %S`), which forks the command itself: wait4() on a child
+    The peak RSS comes from GNU time (`-f %M`), which forks the command itself: wait4() on a child
     of this Python process would report this process's own RSS, as a forked child's maxrss counts
-    the memory it shared before exec(). Both a method and its peer pay time's ~1 ms alike."""
+    the memory it shared before exec(). The CPU time comes from wait4() on GNU time, which
+    includes the command it waited for (in us; time's own %U/%S print 10 ms steps). Both a
+    method and its peer pay time's ~1 ms alike."""
     read, write = os.pipe()
-    prefix = [TIME, "-f", "%M %U %S", "-o", f"/dev/fd/{write}"] if TIME else []
+    prefix = [TIME, "-f", "%M", "-o", f"/dev/fd/{write}"] if TIME else []
     with os.fdopen(read) as rss_out:
         try:
             began = time.perf_counter()
@@ -47,14 +51,14 @@ def spawn(argv: list[str], env: dict | None = None) -> Run:
                                     pass_fds=[write])
         finally:
             os.close(write)
-        code = proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)
         took = (time.perf_counter() - began) * 1000
+        proc.returncode = os.waitstatus_to_exitcode(status)
         report = rss_out.read().split()
-    if code != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {code}")
-    if len(report) < 3:  # without GNU time: no RSS, no CPU
-        return Run(took)
-    return Run(took, int(report[-3]) / 1024, (float(report[-2]) + float(report[-1])) * 1000)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
+    cpu = (usage.ru_utime + usage.ru_stime) * 1000
+    return Run(took, int(report[-1]) / 1024 if report else None, cpu)  # without GNU time: no RSS
 
 
 def interleaved(runs: dict[str, Callable[[], Run]], repeats: int) -> dict[str, Run]:
