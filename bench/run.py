@@ -126,9 +126,10 @@ def measure_scale(report: Report, n: int) -> None:
         port = target.fresh().live
         w = measure.watch_cpu(cli("watch", "--port", str(port), "--interval", str(INTERVAL), "--json"), WATCH_SECONDS)
         s = measure.loop_cpu(ss(f"( sport = :{port} or dport = :{port} )"), INTERVAL, WATCH_SECONDS)
-        report.add(f"watch --port P, CPU per poll ({w.polls} polls)", n, Run(w.cpu_per_poll_ms), "ss -o loop",
+        report.add("watch --port P, CPU per poll", n, Run(w.cpu_per_poll_ms, None, w.cpu_per_poll_ms), "ss -o loop",
                    Run(s.cpu_per_poll_ms))
-        report.add(f"  ss -o loop, CPU per poll ({s.polls} polls)", n, Run(s.cpu_per_poll_ms))
+        report.add("  ss -o loop, CPU per poll", n, Run(s.cpu_per_poll_ms, None, s.cpu_per_poll_ms))
+        report.note(f"  (watch: {w.polls} polls, ss loop: {s.polls} runs, {WATCH_SECONDS:g} s each)")
         report.add(f"watch period at --interval {INTERVAL:g}", n, Run(w.period_ms), "interval", Run(INTERVAL * 1000))
         if n == 50_000:
             report.goal("watch --port CPU per poll <= 1x ss -o loop at 50k", w.cpu_per_poll_ms <= s.cpu_per_poll_ms,
