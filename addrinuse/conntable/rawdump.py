@@ -108,7 +108,8 @@ class RawDump:
         """Each entry as its line of the text table: exactly render.tables.table_row(entry), straight
         from the bytes (the column rules are render.tables'; this only remembers the pieces: the
         first two columns per local address and port, the state and time left per value)."""
-        from addrinuse.render.tables import EP, WIDTH, endpoint_host, fit, owners_text, table_row
+        from addrinuse.render import WIDTH, fit
+        from addrinuse.render.tables import EP, endpoint_host, owners_text, table_row
 
         if self.host is not None:  # the host check needs the decoded entry: the plain way
             yield from (table_row(e, timers) for e in self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from addrinuse.render import WIDTH, endpoint, fit
+from addrinuse.render import endpoint, fit
 
 if TYPE_CHECKING:  # type hints only
     from addrinuse.conntable import Entry
