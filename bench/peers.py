@@ -80,3 +80,23 @@ def parse_ss_duration(text: str) -> float:
         else:
             i += 1
     return total
+
+
+def raw_dump_count(port: int, states_mask: int) -> int:
+    """The floor under any sock_diag tool: one TCPDIAG_GETSOCK dump (both families, one walk of the
+    established hash) with the kernel's own local-port filter (id.idiag_sport), the answers counted
+    and nothing decoded. Written here from inet_diag.h, independent of addrinuse's backend."""
+    request = (struct.pack("=BBBB", 0, 0, 0, 0) + struct.pack(">HH", port, 0) + bytes(32) + struct.pack("=I", 0)
+               + b"\xff" * 8 + struct.pack("=II", states_mask, 0))
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as sock:
+        sock.send(struct.pack("=IHHII", 16 + len(request), 18, 0x301, 1, 0) + request)
+        count = 0
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind in (2, 3):  # NLMSG_ERROR, NLMSG_DONE
+                    return count
+                count += 1
+                offset += (length + 3) & ~3

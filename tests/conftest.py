@@ -21,6 +21,7 @@ from addrinuse.control import stop_servers
 from addrinuse.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
+pytest_plugins = ["tests._schedule"]
 
 
 def pytest_configure(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import click
@@ -14,12 +15,8 @@ host_filter_option = click.option("--host", default=None,
 
 
 def _filtered(source, port, host, states):
-    entries = source.snapshot(port, states or None)
-    if host is None:
-        return entries
-    from addrinuse.conntable.match import same_address
-
-    return [e for e in entries if same_address(host, e.laddr) or (e.raddr != "*" and same_address(host, e.raddr))]
+    """One snapshot; port, host and states are all chosen by the kernel (netlink) in one walk."""
+    return source.snapshot(port, states or None, host=host)
 
 
 def _numeric(host):
@@ -53,22 +50,54 @@ def table_cmd(port, host, states, backend, as_json):
       addrinuse table --port 8080 --state TIME_WAIT
     """
     from addrinuse.conntable import get_backend
-    from addrinuse.render.tables import table
 
     address = _numeric(host)
     source = get_backend(backend)
     try:
-        entries = _filtered(source, port, address, states)
+        rows = source.table(port, states or None, host=address)
     finally:
         source.close()
-    estimate = port_estimate(entries, port) if port else None
+    # The whole table is written while it is decoded (a 50k-entry table never sits in memory as
+    # objects); the port's own local entries are kept aside for the estimate at the end.
+    mine = []
+
+    def walk():
+        for entry in rows:
+            if entry.lport == port:
+                mine.append(entry)
+            yield entry
+
+    out = sys.stdout  # where click.echo writes too (CliRunner swaps it in tests)
     if as_json:
-        emit({"port": port, "host": host, "states": list(states) or None, "backend": source.name,
-              "entries": [e.to_dict() for e in entries], "count": len(entries),
-              "free_in": estimate.to_dict() if estimate else None})
+        from addrinuse.jsonstream import DocumentWriter, entry_json
+
+        doc = DocumentWriter(out, {"port": port, "host": host, "states": list(states) or None,
+                                   "backend": source.name})
+        # Without --port there is no estimate to make: the netlink dump writes its JSON straight
+        # from the kernel's bytes (the same text as entry_json of each entry).
+        fast = port is None and hasattr(rows, "json_items")
+        count = doc.stream("entries", rows.json_items() if fast else map(entry_json, walk()))
+        estimate = port_estimate(mine, port) if port else None
+        doc.close({"count": count, "free_in": estimate.to_dict() if estimate else None})
         return
-    click.echo(table(entries, timers=source.has_timers))
-    click.echo(f"{len(entries)} entries" + (f" on port {port}" if port else "") + f" ({source.name})")
+    from addrinuse.render.tables import table_header, table_lines
+
+    out.write(table_header(source.has_timers) + "\n")
+    count = 0
+    batch = []
+    fast = port is None and hasattr(rows, "text_lines")  # as for JSON: no estimate, straight from the bytes
+    for line in rows.text_lines(source.has_timers) if fast else table_lines(walk(), source.has_timers):
+        batch.append(line)
+        if len(batch) == 512:
+            out.write("\n".join(batch) + "\n")
+            count += len(batch)
+            batch = []
+    if batch:
+        out.write("\n".join(batch) + "\n")
+        count += len(batch)
+    out.flush()
+    click.echo(f"{count} entries" + (f" on port {port}" if port else "") + f" ({source.name})")
+    estimate = port_estimate(mine, port) if port else None
     if estimate is not None and estimate.kind != "now":
         from addrinuse.render.tables import estimate_text
 
@@ -98,7 +127,7 @@ def watch(port, host, states, interval, duration, until_empty, backend, as_json)
     from addrinuse.tracker import Tracker
 
     address = _numeric(host)
-    source = get_backend(backend)
+    source = get_backend(backend, cache_owners=True)
     what = (f"port {port}" if port else "all ports") + (f" of {host}" if host else "")
     tracker = Tracker()
     began = time.monotonic()

@@ -1,20 +1,25 @@
-"""Linux backend: NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY with struct inet_diag_req_v2
-(include/uapi/linux/inet_diag.h), the interface ss uses, spoken with the standard library.
+"""Linux backend: NETLINK_SOCK_DIAG (include/uapi/linux/inet_diag.h), the interface ss uses, spoken
+with the standard library.
 
-- The port is filtered in the kernel: inet_diag_dump_icsk() skips sockets whose sk_num differs from
-  a non-zero id.idiag_sport (or whose sk_dport differs from id.idiag_dport), so a snapshot of one port
-  costs a walk of the hash tables in C and a handful of messages, not the whole table.
+- One walk per snapshot. IPv4 and IPv6 share one established hash (262144 buckets here) and every
+  dump walks all of it (net/ipv4/tcp_diag.c, tcp_diag_dump), so the cost of a snapshot is the number
+  of dumps. The legacy TCPDIAG_GETSOCK request (struct inet_diag_req) is dumped with
+  sdiag_family = AF_UNSPEC (inet_diag_dump_compat), i.e. both families in one walk; a kernel that
+  refuses it gets one SOCK_DIAG_BY_FAMILY (struct inet_diag_req_v2) dump per family.
+- The filter runs in the kernel: `(sport = P or dport = P)` and the host as a bytecode program
+  (bytecode.py), so one dump answers both sides of a port; local-port queries also set
+  id.idiag_sport, which the listener and established walks compare before running the program.
+- States: only the ones asked for. The pseudo-state TCP_BOUND_INACTIVE (13, include/net/
+  tcp_states.h, Linux 6.5+) makes the kernel also walk its bind hash for sockets that are bound but
+  neither listen nor connect; they come back with idiag_state = TCP_CLOSE (7), measured on 6.18.
+  They are asked for only when the caller asks for CLOSED.
 - Timers: idiag_timer is 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe; idiag_expires
-  is the time left in ms (inet_twsk_diag_fill() for TIME_WAIT, whose idiag_state is tw_substate, so an
-  orphaned FIN_WAIT2 shows as FIN_WAIT2 with the timewait timer).
-- Both families: a listener on [::] without IPV6_V6ONLY keeps its IPv4 peers' entries in the AF_INET6
-  table as ::ffff:a.b.c.d, so a snapshot needs AF_INET and AF_INET6. IPv4 and IPv6 share one
-  established hash (262144 buckets here), and every dump walks all of it: two SOCK_DIAG_BY_FAMILY
-  requests cost two walks (measured 2 x 3.4 ms at 50k TIME_WAIT). The legacy TCPDIAG_GETSOCK request
-  on the same socket (struct inet_diag_req) is dumped by inet_diag_dump_compat() with
-  sdiag_family = AF_UNSPEC, i.e. both families in one walk; it is used first, and a kernel that
-  refuses it gets the two inet_diag_req_v2 dumps.
-One netlink socket is kept for the backend's life and reused across polls."""
+  is the time left in ms (tcp_twsk_diag_fill() for TIME_WAIT, whose idiag_state is tw_substate, so
+  an orphaned FIN_WAIT2 shows as FIN_WAIT2 with the timewait timer).
+- Both families: a listener on [::] without IPV6_V6ONLY keeps its IPv4 peers' entries in the
+  AF_INET6 table as ::ffff:a.b.c.d, so a snapshot needs AF_INET and AF_INET6.
+A dump is held as the kernel's own bytes and decoded one entry at a time (rawdump.py), so a
+whole-table listing streams. One netlink socket is kept for the backend's life and reused."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import struct
 from typing import Iterable
 
 from addrinuse.conntable import KERNEL_STATES, Entry, normalize_states, sort_key
+from addrinuse.conntable.rawdump import RawDump
 from addrinuse.errors import BackendUnavailable
 
 NETLINK_SOCK_DIAG = 4
@@ -32,18 +38,20 @@ TCPDIAG_GETSOCK = 18  # legacy request type: struct inet_diag_req, answered for 
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21  # needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY; tcp_abort() ends TIME_WAIT too
 NLM_F_ACK = 0x4
-INET_DIAG_SKV6ONLY = 11
-ATTR = struct.Struct("=HH")
-COOKIE = struct.Struct("=Q")
 ANSWERS = (TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY)
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+MSG_HEAD = struct.Struct("=IHHI")  # len, type, flags, seq: what the receive loop needs
 DIAG_MSG_LEN = 72  # struct inet_diag_msg
-TAIL = struct.Struct("=IIIII")  # idiag_expires, rqueue, wqueue, uid, inode (offset 52)
 PORTS = struct.Struct(">HH")  # id.idiag_sport, id.idiag_dport are big-endian
-TIMERS = {1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}
+INODE = struct.Struct("=I")
+COOKIE = struct.Struct("=Q")
+TIMEWAIT_TIMER = 3
 TCP_NEW_SYN_RECV = 12
+TCP_BOUND_INACTIVE = 13
+# Every state of the table, TCP_ESTABLISHED (1) ... TCP_NEW_SYN_RECV (12); not TCP_BOUND_INACTIVE.
+TABLE_STATES = ((1 << (TCP_NEW_SYN_RECV + 1)) - 1) & ~1
 INET_DIAG_NOCOOKIE = b"\xff" * 8
 DUMP_RETRIES = 5
 RECV_BUF = 1 << 16  # the kernel sizes dump skbs after the reader's buffer (up to 32 KiB and more)
@@ -51,26 +59,33 @@ RECV_BUF = 1 << 16  # the kernel sizes dump skbs after the reader's buffer (up t
 
 def state_mask(states: frozenset[str] | None) -> int:
     if states is None:
-        return 0xFFFFFFFF
+        return TABLE_STATES
     mask = 0
     for number, name in enumerate(KERNEL_STATES):
         if name in states:
             mask |= 1 << number
     if "SYN_RECV" in states:
         mask |= 1 << TCP_NEW_SYN_RECV  # request sockets (tcp_states.h) are what SYN_RECV means to users
+    if "CLOSED" in states:
+        mask |= 1 << TCP_BOUND_INACTIVE  # bound-only sockets: the kernel walks its bind hash for them
     return mask
 
 
-def request(family: int, mask: int, sport: int, dport: int, seq: int) -> bytes:
-    body = (struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, mask) + PORTS.pack(sport, dport)
-            + bytes(32) + struct.pack("=I", 0) + INET_DIAG_NOCOOKIE)
+def _sockid(sport: int) -> bytes:
+    # struct inet_diag_sockid: sport, dport (0: any), src[4], dst[4], if, cookie
+    return PORTS.pack(sport, 0) + bytes(32) + struct.pack("=I", 0) + INET_DIAG_NOCOOKIE
+
+
+def request(family: int, mask: int, sport: int, program: bytes, seq: int) -> bytes:
+    """SOCK_DIAG_BY_FAMILY dump of one family (struct inet_diag_req_v2), with an optional filter."""
+    body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, mask) + _sockid(sport) + program
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def compat_request(mask: int, sport: int, dport: int, seq: int) -> bytes:
+def compat_request(mask: int, sport: int, program: bytes, seq: int) -> bytes:
     """struct inet_diag_req (v1): family, src_len, dst_len, ext, id, states, dbs. Family 0 = both."""
-    body = (struct.pack("=BBBB", socket.AF_UNSPEC, 0, 0, 0) + PORTS.pack(sport, dport) + bytes(32)
-            + struct.pack("=I", 0) + INET_DIAG_NOCOOKIE + struct.pack("=II", mask, 0))
+    body = (struct.pack("=BBBB", socket.AF_UNSPEC, 0, 0, 0) + _sockid(sport) + struct.pack("=II", mask, 0)
+            + program)
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
@@ -86,7 +101,7 @@ class NetlinkBackend:
     name = "netlink"
     has_timers = True
 
-    def __init__(self) -> None:
+    def __init__(self, cache_owners: bool = False) -> None:
         try:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
             self.sock.bind((0, 0))
@@ -95,110 +110,105 @@ class NetlinkBackend:
         self.seq = 0
         self.compat = True  # until the kernel refuses TCPDIAG_GETSOCK once
         self.buf = bytearray(RECV_BUF)
-        self._addr_cache: dict[bytes, str] = {}
+        # address text by the kernel's 16 bytes, per family (0.0.0.0 and :: are the same bytes)
+        self._addr_cache: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+        self._owner_cache: dict | None = {} if cache_owners else None
 
     def close(self) -> None:
         self.sock.close()
 
-    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None, local: bool = False) -> list[Entry]:
-        """Entries whose local port (or, unless local=True, remote port) is `port`."""
-        mask = state_mask(normalize_states(states))
-        filters = [(0, 0)] if port is None else [(port, 0)] if local else [(port, 0), (0, port)]
-        found: dict[tuple, Entry] = {}
-        for sport, dport in filters:
-            for entry in self._dump_both(mask, sport, dport):
-                found[entry.key] = entry
-        entries = list(found.values())
-        if any(e.inode for e in entries):
-            from addrinuse.conntable.owners import attach_owners
+    def snapshot(self, port: int | None = None, states: Iterable[str] | None = None, local: bool = False,
+                 host: str | None = None) -> list[Entry]:
+        """Entries whose local port (or, unless local=True, remote port) is `port`, sorted. A socket
+        met twice in one dump (its hash chain changed between two of the kernel's batches) is
+        listed once, as it was last met."""
+        latest = {e.key: e for e in self.table(port, states, local, host)}
+        return sorted(latest.values(), key=sort_key)
 
-            entries = attach_owners(entries)
-        return sorted(entries, key=sort_key)
+    def table(self, port: int | None = None, states: Iterable[str] | None = None, local: bool = False,
+              host: str | None = None) -> RawDump:
+        """The same entries, in the kernel's order, held as its bytes and decoded while iterated."""
+        from addrinuse.conntable.bytecode import port_and_host_filter
+        from addrinuse.conntable.owners import resolve_owners
 
-    def _dump_both(self, mask: int, sport: int, dport: int) -> list[Entry]:
+        wanted = normalize_states(states)
+        mask = state_mask(wanted)
+        program = port_and_host_filter(port, local, host)
+        sport = port if (port is not None and local) else 0
+        chunks, seqs, inodes = self._dump_both(mask, sport, program)
+        owners = resolve_owners(inodes, self._owner_cache) if inodes else {}
+        return RawDump(chunks, seqs, ANSWERS, owners, self._addr_cache, wanted, port, local, host)
+
+    def _dump_both(self, mask: int, sport: int, program: bytes):
         if self.compat:
             try:
-                return self._dump(lambda seq: compat_request(mask, sport, dport, seq))
+                return self._dump([lambda seq: compat_request(mask, sport, program, seq)])
             except _Refused:
                 self.compat = False
-        out = []
-        for family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                out += self._dump(lambda seq: request(family, mask, sport, dport, seq))
-            except _Refused as err:
-                if family == socket.AF_INET6 and err.args[0] in (_errno.ENOENT, _errno.EAFNOSUPPORT):
-                    continue  # no IPv6 in this kernel: nothing to find there
-                raise BackendUnavailable(f"sock_diag refused the dump: {os.strerror(err.args[0])}") from err
-        return out
+        try:
+            return self._dump([lambda seq, f=family: request(f, mask, sport, program, seq)
+                               for family in (socket.AF_INET, socket.AF_INET6)], last_optional=True)
+        except _Refused as err:
+            raise BackendUnavailable(f"sock_diag refused the dump: {os.strerror(err.args[0])}") from err
 
-    def _dump(self, make_request) -> list[Entry]:
+    def _dump(self, makers, last_optional: bool = False):
+        """Run the dumps in order into one list of datagrams, again if the kernel flags one as
+        interrupted. last_optional: the last request (AF_INET6) may be refused as unsupported."""
         for _ in range(DUMP_RETRIES):
+            chunks: list[bytes] = []
+            seqs: set[int] = set()
+            inodes: set[int] = set()
             try:
-                return self._dump_once(make_request)
+                for make_request in makers:
+                    try:
+                        seqs.add(self._dump_once(make_request, chunks, inodes))
+                    except _Refused as err:
+                        if not (last_optional and make_request is makers[-1]
+                                and err.args[0] in (_errno.ENOENT, _errno.EAFNOSUPPORT)):
+                            raise
+                        # no IPv6 in this kernel: nothing to find there
+                return chunks, seqs, inodes
             except _Interrupted:
                 continue
         raise BackendUnavailable(f"sock_diag dump kept being interrupted ({DUMP_RETRIES} tries): the table is churning")
 
-    def _dump_once(self, make_request) -> list[Entry]:
+    def _dump_once(self, make_request, chunks: list[bytes], inodes: set[int]) -> int:
+        """Receive one dump, each datagram kept whole; note the inodes of full sockets (their owners
+        are looked up before anything is decoded). Returns the request's sequence number."""
         self.seq += 1
         seq = self.seq
         self.sock.send(make_request(seq))
-        out: list[Entry] = []
         interrupted = False
-        view = memoryview(self.buf)
+        head, inode_at = MSG_HEAD.unpack_from, INODE.unpack_from
         while True:
-            size = self.sock.recv_into(self.buf)
+            chunk = self.sock.recv(RECV_BUF)
+            size = len(chunk)
+            chunks.append(chunk)
             offset = 0
             while offset + NLMSG_HDR.size <= size:
-                length, kind, flags, msg_seq, _ = NLMSG_HDR.unpack_from(self.buf, offset)
+                length, kind, flags, msg_seq = head(chunk, offset)
                 if length < NLMSG_HDR.size:
                     raise BackendUnavailable("malformed netlink message from sock_diag")
-                body = offset + NLMSG_HDR.size
-                if msg_seq != seq:
-                    offset += (length + 3) & ~3
-                    continue  # left over from an earlier, abandoned dump
-                if flags & NLM_F_DUMP_INTR:
-                    interrupted = True
-                if kind == NLMSG_DONE:
-                    if interrupted:
-                        raise _Interrupted()
-                    return out
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", self.buf, body)
-                    if code == 0:
-                        offset += (length + 3) & ~3
-                        continue
-                    raise _Refused(-code)
-                if kind in ANSWERS and length >= NLMSG_HDR.size + DIAG_MSG_LEN:
-                    out.append(self._entry(view, body, offset + length))
+                if msg_seq == seq:
+                    if kind in ANSWERS:
+                        body = offset + NLMSG_HDR.size
+                        # timewait and request sockets have no inode: only full sockets are read
+                        if length >= NLMSG_HDR.size + DIAG_MSG_LEN and chunk[body + 2] != TIMEWAIT_TIMER:
+                            (inode,) = inode_at(chunk, body + 68)
+                            if inode:
+                                inodes.add(inode)
+                    elif kind == NLMSG_DONE:
+                        if interrupted or flags & NLM_F_DUMP_INTR:
+                            raise _Interrupted()
+                        return seq
+                    elif kind == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", chunk, offset + NLMSG_HDR.size)
+                        if code != 0:
+                            raise _Refused(-code)
+                    if flags & NLM_F_DUMP_INTR:
+                        interrupted = True
+                # else: left over from an earlier, abandoned dump
                 offset += (length + 3) & ~3
-
-    def _entry(self, view: memoryview, o: int, end: int) -> Entry:
-        buf = self.buf
-        family, state, timer = buf[o], buf[o + 1], buf[o + 2]
-        sport, dport = PORTS.unpack_from(buf, o + 4)
-        size = 4 if family == socket.AF_INET else 16
-        laddr = self._addr(family, bytes(view[o + 8:o + 8 + size]))
-        raddr = self._addr(family, bytes(view[o + 24:o + 24 + size]))
-        (cookie,) = COOKIE.unpack_from(buf, o + 44)
-        expires, _, _, uid, inode = TAIL.unpack_from(buf, o + 52)
-        v6only = None
-        a = o + DIAG_MSG_LEN
-        while a + ATTR.size <= end:  # rtattrs follow the message; only SKV6ONLY is wanted
-            alen, atype = ATTR.unpack_from(buf, a)
-            if alen < ATTR.size:
-                break
-            if atype == INET_DIAG_SKV6ONLY:
-                v6only = bool(buf[a + ATTR.size])
-            a += (alen + 3) & ~3
-        name = KERNEL_STATES[state] if state < len(KERNEL_STATES) else f"STATE{state}"
-        if name == "LISTEN":
-            raddr, dport = "*", 0
-        return Entry(
-            family=4 if family == socket.AF_INET else 6, laddr=laddr, lport=sport, raddr=raddr, rport=dport,
-            state=name, inode=inode or None, uid=uid, timer=TIMERS.get(timer),
-            expires_in_s=expires / 1000.0 if timer else None, v6only=v6only, cookie=cookie,
-        )
 
     def destroy(self, entry: Entry) -> int:
         """SOCK_DESTROY one socket, named by its 4-tuple and cookie (as `ss -K` does). Returns 0, or
@@ -222,9 +232,3 @@ class NetlinkBackend:
                     (code,) = struct.unpack_from("=i", self.buf, offset + NLMSG_HDR.size)
                     return -code
                 offset += max((length + 3) & ~3, NLMSG_HDR.size)
-
-    def _addr(self, family: int, raw: bytes) -> str:
-        text = self._addr_cache.get(raw)
-        if text is None:
-            text = self._addr_cache[raw] = socket.inet_ntop(family, raw)
-        return text

@@ -24,8 +24,10 @@ class PsutilBackend:
         self._names: dict[int, str | None] = {}
 
     def snapshot(self, port: int | None = None, states: Iterable[str] | None = None,
-                 local: bool = False) -> list[Entry]:
+                 local: bool = False, host: str | None = None) -> list[Entry]:
         wanted = normalize_states(states)
+        if host is not None:
+            from addrinuse.conntable.match import same_address
         out = []
         for conn in psutil.net_connections(kind="tcp"):
             if not conn.laddr:
@@ -37,9 +39,12 @@ class PsutilBackend:
                 state=_STATE.get(conn.status, conn.status),
                 owners=(Owner(conn.pid, self._name(conn.pid)),) if conn.pid else (),
             )
-            if matches(entry, port, wanted, local):
+            if matches(entry, port, wanted, local) and (host is None or same_address(host, entry.laddr) or (
+                    entry.raddr != "*" and same_address(host, entry.raddr))):
                 out.append(entry)
         return sorted(out, key=sort_key)
+
+    table = snapshot  # psutil reads the whole table into memory anyway
 
     def _name(self, pid: int | None) -> str | None:
         if pid is None:

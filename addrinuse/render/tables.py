@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from addrinuse.render import endpoint, fit
 
@@ -40,6 +40,19 @@ def table_row(e: Entry, timers: bool) -> str:
 
 def table(entries: list[Entry], timers: bool = False) -> str:
     return "\n".join([table_header(timers)] + [table_row(e, timers) for e in entries])
+
+
+def endpoint_host(addr: str) -> str:
+    """endpoint()'s address part."""
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[7:]
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def table_lines(entries: Iterable[Entry], timers: bool = False) -> Iterator[str]:
+    """table_row() for each entry, for a table streamed by `table` (a netlink dump writes its lines
+    straight from the kernel's bytes: conntable.rawdump.RawDump.text_lines, the same text)."""
+    return (table_row(e, timers) for e in entries)
 
 
 def probe(result: ProbeResult) -> str:
