@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from addrinuse.conntable import snapshot
+from addrinuse.conntable.match import bound_here, same_connection
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
@@ -21,14 +22,16 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str 
         time.sleep(interval)
 
 
-def local(port: int, state: str) -> list:
-    """Entries in `state` whose local port is `port`."""
-    return [e for e in snapshot(port, [state]) if e.lport == port]
+def local(port: int, state: str, host: str = "127.0.0.1") -> list:
+    """Entries in `state` whose local address:port is host:port (a server's side). The port alone is
+    not enough: other programs' connections between other addresses reuse the same port numbers
+    (the busy-machine fixture in conftest makes sure of it)."""
+    return [e for e in snapshot(port, [state], local=True) if bound_here(e, host, port)]
 
 
-def wait_local(port: int, state: str, count: int, timeout: float = 5.0) -> list:
-    return wait_for(lambda: (lambda es: es if len(es) == count else None)(local(port, state)),
-                    timeout, what=f"{count} {state} entries on local port {port}")
+def wait_local(port: int, state: str, count: int, timeout: float = 5.0, host: str = "127.0.0.1") -> list:
+    return wait_for(lambda: (lambda es: es if len(es) == count else None)(local(port, state, host)),
+                    timeout, what=f"{count} {state} entries on {host}:{port}")
 
 
 def has_ss() -> bool:
@@ -50,14 +53,30 @@ def ss_rows(port: int) -> set[tuple]:
     return rows
 
 
-def client_side(server_port: int, client_ports, state: str) -> list:
-    """Our clients' entries: local port among ours AND remote port the server's. A client port alone
-    is not enough: connect() gives the same ephemeral port to connections to other destinations."""
-    ports = set(client_ports)
-    return [e for e in snapshot(server_port, [state]) if e.rport == server_port and e.lport in ports]
+def client_side(server_port: int, client_ports, state: str, host: str = "127.0.0.1") -> list:
+    """Our clients' entries, by 4-tuple: local host:port among ours AND remote host:server_port. A
+    client port alone is not enough: connect() gives the same ephemeral port to connections to other
+    destinations, and other programs use the same numbers between other addresses."""
+    return [e for e in snapshot(server_port, [state]) if any(
+        same_connection(e, (host, p), (host, server_port)) for p in set(client_ports))]
 
 
-def wait_client_side(server_port: int, client_ports, state: str, timeout: float = 5.0) -> list:
+def wait_client_side(server_port: int, client_ports, state: str, timeout: float = 5.0, host: str = "127.0.0.1") -> list:
     want = len(set(client_ports))
-    return wait_for(lambda: (lambda es: es if len(es) == want else None)(client_side(server_port, client_ports, state)),
-                    timeout, what=f"{want} client-side {state} entries toward port {server_port}")
+    return wait_for(lambda: (lambda es: es if len(es) == want else None)(client_side(server_port, client_ports, state, host)),
+                    timeout, what=f"{want} client-side {state} entries toward {host}:{server_port}")
+
+
+def write_record(state_dir, name: str, **fields) -> dict:
+    """A record file as the tool writes it (format marker and all), with fields overridden: for
+    tests that plant stale, reused, corrupt or hostile records."""
+    import json
+    import os
+
+    from addrinuse.registry import FORMAT, SUFFIX
+
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = {"format": FORMAT, "name": name, "pid": os.getpid(), "create_time": 1.0, "host": "127.0.0.1", "port": 1,
+            "close": "never", **fields}
+    (state_dir / f"{name}{SUFFIX}").write_text(json.dumps(data))
+    return data

@@ -168,7 +168,7 @@ def test_start_with_given_port_and_name_and_duplicate_name_refused(run):
     rec = start(run, "--port", port, "--name", "web")
     assert (rec["port"], rec["name"]) == (port, "web")
     dup = run("start", "--name", "web")
-    assert dup.exit_code == 2 and "already running" in dup.stderr
+    assert dup.exit_code == 2 and "name web is taken" in dup.stderr
     run("kill", "web")
 
 
