@@ -245,8 +245,7 @@ class Registry:
         _validate(data, record.name)  # never write what would be refused on read
         body = json.dumps(data, indent=1).encode()
         with self._opened(create=True, lock=True) as fd:
-            tmp = f".{record.name}.{secrets.token_hex(6)}.tmp"
-            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            tmp, tfd = self._new_temp(fd, record.name)
             try:
                 with os.fdopen(tfd, "wb") as f:
                     f.write(body)
@@ -260,6 +259,19 @@ class Registry:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=fd)
+
+    @staticmethod
+    def _new_temp(fd: int, name: str) -> tuple[str, int]:
+        """A new temp file: O_EXCL|O_NOFOLLOW never opens what is already there (a planted symlink
+        included); a name that exists is skipped for another random one."""
+        for _ in range(8):
+            tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+            try:
+                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                    dir_fd=fd)
+            except FileExistsError:
+                continue
+        raise BadInput(f"cannot create a temp file for record {name}: the state dir is full of them")
 
     def _clear_for(self, fd: int, name: str) -> None:
         """The name exists: remove it only if it is our own record of a process that ended."""
@@ -338,8 +350,8 @@ class Registry:
         """Give the server's log its name beside the record; return its path ("" if it cannot)."""
         with self._opened(create=True, lock=True) as fd:
             target = f"{check_name(name)}{LOG_SUFFIX}"
-            with contextlib.suppress(FileNotFoundError):
-                self._unlink_log(fd, target)
+            with contextlib.suppress(OSError):
+                self._unlink_log(fd, target)  # only an old log of ours; anything else stays
             try:
                 os.link(f"/proc/self/fd/{log_fd}", target, dst_dir_fd=fd, follow_symlinks=True)
             except OSError:

@@ -67,7 +67,7 @@ def wait_client_side(server_port: int, client_ports, state: str, timeout: float 
                     timeout, what=f"{want} client-side {state} entries toward {host}:{server_port}")
 
 
-def write_record(state_dir, name: str, **fields) -> dict:
+def write_record(state_dir, stem: str, **fields) -> dict:
     """A record file as the tool writes it (format marker and all), with fields overridden: for
     tests that plant stale, reused, corrupt or hostile records."""
     import json
@@ -76,7 +76,7 @@ def write_record(state_dir, name: str, **fields) -> dict:
     from addrinuse.registry import FORMAT, SUFFIX
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = {"format": FORMAT, "name": name, "pid": os.getpid(), "create_time": 1.0, "host": "127.0.0.1", "port": 1,
+    data = {"format": FORMAT, "name": stem, "pid": os.getpid(), "create_time": 1.0, "host": "127.0.0.1", "port": 1,
             "close": "never", **fields}
-    (state_dir / f"{name}{SUFFIX}").write_text(json.dumps(data))
+    (state_dir / f"{stem}{SUFFIX}").write_text(json.dumps(data))
     return data
