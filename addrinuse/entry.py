@@ -2,22 +2,39 @@
 of the library is imported, so that Ctrl-C, SIGTERM or SIGHUP at any moment (imports included)
 ends in one line and exit 128+N, never a traceback.
 
-Handlers are installed explicitly even where the signal was inherited as ignored: a shell starts a
-background job with SIGINT ignored, and the tool documents Ctrl-C/SIGINT as the way to end its
-foreground commands (servers included), so an inherited SIG_IGN must not make it unstoppable."""
+Handlers are installed explicitly even where SIGINT or SIGTERM was inherited as ignored: a shell
+starts a background job with SIGINT ignored, and the tool documents Ctrl-C/SIGINT as the way to end
+its foreground commands (servers included), so an inherited SIG_IGN must not make it unstoppable.
+An ignored SIGHUP is kept ignored: that is `nohup` asking for the command to survive a hang-up.
+
+What no program can cover is the interpreter's own start-up before this module's first line
+(site-packages and .pth processing, tens of ms on a loaded machine): a SIGINT there meets Python's
+default handler (a bare KeyboardInterrupt traceback), a SIGTERM the default action. Nothing of the
+tool has started by then, so nothing is left behind."""
 
 import os
 import signal
 import sys
+
+# Imported before any handler exists: a handler that imported it could run in the middle of this
+# very module's import (a signal during start-up) and find it half-initialized.
+from addrinuse.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 def _raise(signum, frame):
-    from addrinuse.errors import Interrupted
-
+    # One interrupt is enough: the cleanup it starts (every `finally` on the way out) must not be
+    # cut short by a second Ctrl-C, which would leave half of it undone and print a traceback.
+    for sig in SIGNALS:
+        if signal.getsignal(sig) is _raise:
+            signal.signal(sig, _later)
     raise Interrupted(signum)
+
+
+def _later(signum, frame):
+    pass  # the first signal's cleanup is running; its status is the one the command exits with
 
 
 def _exit_now(signum, frame):
@@ -28,6 +45,8 @@ def _exit_now(signum, frame):
 
 def main() -> None:
     for sig in SIGNALS:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # nohup
         signal.signal(sig, _raise)
     code = 1
     try:
@@ -37,14 +56,13 @@ def main() -> None:
     except KeyboardInterrupt as err:  # during imports: nothing was started yet
         signum = getattr(err, "signum", signal.SIGINT)
         _finish(f"addrinuse: error: {WORDS[signum]}\n", 128 + signum)
-    for sig in SIGNALS:
-        signal.signal(sig, _exit_now)
     _finish("", code)
 
 
 def _finish(text: str, code: int) -> None:
     for sig in SIGNALS:
-        signal.signal(sig, _exit_now)
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _exit_now)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -63,13 +63,25 @@ class Outcome:
     stderr: str = ""
 
     @property
+    def bootstrap(self) -> bool:
+        """The signal landed in the interpreter's own start-up, before the tool's first line
+        (entry.py): Python's default SIGINT handler (a bare KeyboardInterrupt, not the tool's
+        errors.Interrupted) or the default action of SIGTERM/SIGHUP. No program can handle that
+        window; nothing of the tool had started. Counted apart."""
+        last = self.stderr.strip().splitlines()[-1:] or [""]
+        if self.signal == "SIGINT":
+            return self.traceback and last[0] == "KeyboardInterrupt" or (self.exit_code == -2 and last == [""])
+        return self.signal != "SIGKILL" and self.exit_code == -signal.Signals[self.signal] and last == [""]
+
+    @property
     def clean(self) -> bool:
-        return not (self.orphans or self.temp_left or self.tracefs_left or self.traceback or self.hung
+        tool_traceback = self.traceback and not self.bootstrap
+        return not (self.orphans or self.temp_left or self.tracefs_left or tool_traceback or self.hung
                     or not self.exit_ok)
 
     @property
     def exit_ok(self) -> bool:
-        if self.exit_code == -signal.SIGKILL:
+        if self.exit_code == -signal.SIGKILL or self.bootstrap:
             return True
         if not self.signalled:
             return self.exit_code == 0
@@ -168,6 +180,7 @@ def trial(command: str, sig: int, delay: float, python: str = sys.executable, py
         outcome.traceback = "Traceback" in err or "Traceback" in out
         outcome.stderr_lines = len(err.strip().splitlines())
         outcome.stderr = err[-2000:]
+        # Anything on stdout after an interrupt is the command's own output (a JSON document, a line).
         # A server whose parent died gets PR_SET_PDEATHSIG at once, but its exit and the re-parenting
         # to this subreaper take a moment: poll until every survivor is recorded or the deadline passes.
         deadline = time.monotonic() + SETTLE_S
@@ -244,7 +257,8 @@ def summarize(outcomes: list[Outcome]) -> dict:
         key = (o.command, o.signal)
         by[key + ("trials",)] += 1
         by[key + ("orphans",)] += len(o.orphans)
-        by[key + ("tracebacks",)] += o.traceback
+        by[key + ("tracebacks",)] += o.traceback and not o.bootstrap
+        by[key + ("bootstrap",)] += o.bootstrap
         by[key + ("temp_dirs",)] += len(o.temp_left)
         by[key + ("tracefs",)] += len(o.tracefs_left)
         by[key + ("bad_exit",)] += not o.exit_ok
