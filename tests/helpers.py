@@ -38,8 +38,9 @@ def has_ss() -> bool:
     return shutil.which("ss") is not None
 
 
-def ss_rows(port: int) -> set[tuple]:
-    """(local port, remote port, state) rows that `ss -tanH` shows for a port, in psutil's spelling."""
+def ss_rows(port: int, host: str | None = None) -> set[tuple]:
+    """(laddr, lport, raddr, rport, state) rows that `ss -tanH` shows for a port, in psutil's
+    spelling; with `host`, only rows with that local or remote address."""
     out = subprocess.run(["ss", "-tanH", f"( sport = :{port} or dport = :{port} )"], capture_output=True,
                          text=True, check=True).stdout
     names = {"ESTAB": "ESTABLISHED", "TIME-WAIT": "TIME_WAIT", "FIN-WAIT-1": "FIN_WAIT1", "FIN-WAIT-2": "FIN_WAIT2",
@@ -48,8 +49,12 @@ def ss_rows(port: int) -> set[tuple]:
     rows = set()
     for line in out.splitlines():
         state, _, _, local_ep, peer_ep = line.split()[:5]
-        rport = peer_ep.rsplit(":", 1)[1]
-        rows.add((int(local_ep.rsplit(":", 1)[1]), 0 if rport == "*" else int(rport), names[state]))
+        laddr, lport = local_ep.rsplit(":", 1)
+        raddr, rport = peer_ep.rsplit(":", 1)
+        laddr, raddr = laddr.strip("[]"), raddr.strip("[]")
+        if host is not None and host not in (laddr, raddr):
+            continue
+        rows.add((laddr, int(lport), "*" if rport == "*" else raddr, 0 if rport == "*" else int(rport), names[state]))
     return rows
 
 
