@@ -161,8 +161,9 @@ def trial(command: str, sig: int, delay: float, python: str = sys.executable, py
         env["PYTHONPATH"] = pythonpath
     outcome = Outcome(command, signal.Signals(sig).name, round(delay, 4))
     before = set(_descendants())
+    # cwd: the trial's own dir, since `-m` puts the cwd first on sys.path, ahead of PYTHONPATH.
     proc = subprocess.Popen([python, "-m", "addrinuse", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=env, text=True)
+                            stdin=subprocess.DEVNULL, env=env, text=True, cwd=root)
     try:
         # The delay is the stimulus of the experiment (when the interrupt lands), not a wait for a condition.
         time.sleep(delay)
