@@ -306,3 +306,118 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# -- SIGTERM and SIGHUP are Ctrl-C too; and a background job of a script can still be stopped ------------
+def launch(args: list[str], background_job: bool, state_dir) -> tuple[subprocess.Popen, int]:
+    """Start the CLI; with background_job, as `cmd &` in a non-interactive bash, which starts it with
+    SIGINT and SIGQUIT ignored (bash(1), "COMMAND EXECUTION ENVIRONMENT"; the trap makes sure even
+    where job control is on). Returns (proc, pid to signal)."""
+    env = {**os.environ, "ADDRINUSE_STATE_DIR": str(state_dir)}
+    cli = [sys.executable, "-m", "addrinuse", *args]
+    if not background_job:
+        proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return proc, proc.pid
+    proc = subprocess.Popen(["bash", "-c", 'trap "" INT; "$@" & echo $!; wait $!', "job", *cli],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return proc, int(proc.stdout.readline())
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 15, pid: int | None = None):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _end(proc, pid)
+    return out, err
+
+
+def _end(proc: subprocess.Popen, pid: int | None = None) -> None:
+    """Kill what a failed test left: the job (by its pid) first, since it holds bash's pipes open."""
+    for target in (pid, proc.pid):
+        if target is not None and proc.poll() is None:
+            try:
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if proc.poll() is None or proc.stdout and not proc.stdout.closed:
+        proc.communicate()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash to start a background job")
+def test_background_job_premise_sigint_is_inherited_ignored():
+    """What the tests below rely on: bash starts `cmd &` with SIGINT ignored."""
+    code = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
+    out = subprocess.run(["bash", "-c", '"$@" & wait $!', "job", sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.strip() == "True"
+
+
+BACKGROUND = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash to start a background job")
+SIGS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+@BACKGROUND
+@pytest.mark.parametrize("background_job", [False, True], ids=["foreground", "background-job"])
+@pytest.mark.parametrize("sig", SIGS, ids=lambda s: signal.Signals(s).name)
+def test_commands_ended_by_ctrl_c_end_normally_on_any_of_the_three(sig, background_job, state_dir):
+    """watch, start --foreground and connect --hold document Ctrl-C as their end: exit 0 on SIGINT,
+    SIGTERM or SIGHUP alike, their cleanup done, even from a background job (SIGINT ignored there)."""
+    from tests.helpers import local
+
+    server, server_pid = launch(["start", "--foreground", "--json"], background_job, state_dir)
+    record = json.loads(server.stdout.readline())
+    watcher, watcher_pid = launch(["watch", "--port", str(record["port"]), "--host", "127.0.0.1", "--json"],
+                                  background_job, state_dir)
+    holder, holder_pid = launch(["connect", str(record["port"]), "--hold", "--json"], background_job, state_dir)
+    launched = ((holder, holder_pid), (watcher, watcher_pid), (server, server_pid))
+    try:
+        json.loads(holder.stdout.readline())  # holding: the announcement came
+        assert "Ctrl-C to end" in watcher.stderr.readline()
+        for proc, pid in launched:
+            os.kill(pid, sig)
+            out, err = _finish(proc, pid=pid)
+            assert proc.returncode == 0, err
+            assert "Traceback" not in err
+            if proc is watcher:
+                assert json.loads(out.splitlines()[-1])["event"] == "summary"
+        assert local(record["port"], "LISTEN") == []
+        assert not list(state_dir.glob("*.addrinuse.json"))
+    finally:
+        for proc, pid in launched:
+            _end(proc, pid)
+
+
+@BACKGROUND
+@pytest.mark.parametrize("background_job", [False, True], ids=["foreground", "background-job"])
+@pytest.mark.parametrize("sig", SIGS, ids=lambda s: signal.Signals(s).name)
+def test_other_commands_stop_with_one_line_and_128_plus_n(sig, background_job, state_dir):
+    import socket
+
+    holder = socket.create_server(("127.0.0.1", 0))
+    try:
+        proc, pid = launch(["wait", str(holder.getsockname()[1]), "--timeout", "60"], background_job, state_dir)
+        assert "waiting for port" in proc.stderr.readline()
+        os.kill(pid, sig)
+        out, err = _finish(proc, pid=pid)
+    finally:
+        holder.close()
+    assert proc.returncode == 128 + sig  # in a background job, bash's `wait $!` passes the job's status on
+    assert len(err.strip().splitlines()) == 1 and err.startswith("addrinuse: error: ") and "Traceback" not in err
+
+
+@BACKGROUND
+@pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
+def test_servers_started_from_a_background_job_stop_on_the_documented_signals(sig, state_dir, run):
+    """The server and the user's own server inherit nothing ignored from a background job: `kill
+    --signal INT` stops them too."""
+    script = "import socket, sys, signal; s = socket.create_server(('127.0.0.1', int(sys.argv[1]))); signal.pause()"
+    for args in (["start", "--name", "builtin", "--json"],
+                 ["start", "--name", "mine", "--json", "--", sys.executable, "-c", script, "{port}"]):
+        proc, _ = launch(args, True, state_dir)
+        out, err = _finish(proc, 30)
+        assert proc.returncode == 0 and err == "", err
+    records = {r["name"]: r for r in run("servers", "--json").json()["servers"]}
+    assert set(records) == {"builtin", "mine"}
+    for name in records:
+        out = run("kill", name, "--signal", sig, "--timeout", "5", "--json")
+        assert out.exit_code == 0 and out.json()["stopped"][0]["exited"], out.stderr
