@@ -18,6 +18,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,7 @@ COMMANDS = {
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 TRACEFS_INSTANCES = ("/sys/kernel/tracing/instances", "/sys/kernel/debug/tracing/instances")
 PR_SET_CHILD_SUBREAPER = 36
+TOOL_FRAME = re.compile(r'File "[^"]*addrinuse/(?!__main__\.py")[^"]*"')
 SETTLE_S = 3.0
 
 
@@ -69,8 +71,9 @@ class Outcome:
         errors.Interrupted) or the default action of SIGTERM/SIGHUP. No program can handle that
         window; nothing of the tool had started. Counted apart."""
         last = self.stderr.strip().splitlines()[-1:] or [""]
-        if self.signal == "SIGINT":
-            return self.traceback and last[0] == "KeyboardInterrupt" or (self.exit_code == -2 and last == [""])
+        if self.signal == "SIGINT" and self.traceback:
+            # No frame of the tool's own code: only site, runpy and the import of the entry module.
+            return last[0] == "KeyboardInterrupt" and not TOOL_FRAME.search(self.stderr)
         return self.signal != "SIGKILL" and self.exit_code == -signal.Signals[self.signal] and last == [""]
 
     @property
