@@ -289,18 +289,7 @@ class Registry:
     def _unlink_ours(self, fd: int, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{name}{SUFFIX}", dir_fd=fd)
-        log = f"{name}{LOG_SUFFIX}"
-        try:
-            lfd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-        except OSError:
-            return
-        try:
-            ours = stat.S_ISREG(os.fstat(lfd).st_mode) and os.read(lfd, len(LOG_MARKER)) == LOG_MARKER
-        finally:
-            os.close(lfd)
-        if ours:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(log, dir_fd=fd)
+        self._unlink_log(fd, f"{name}{LOG_SUFFIX}")
 
     def _remove_stale(self, record: ServerRecord) -> None:
         """Remove a record found stale, unless it was replaced meanwhile (a concurrent start)."""
@@ -350,8 +339,7 @@ class Registry:
         """Give the server's log its name beside the record; return its path ("" if it cannot)."""
         with self._opened(create=True, lock=True) as fd:
             target = f"{check_name(name)}{LOG_SUFFIX}"
-            with contextlib.suppress(OSError):
-                self._unlink_log(fd, target)  # only an old log of ours; anything else stays
+            self._unlink_log(fd, target)  # only an old log of ours; anything else stays
             try:
                 os.link(f"/proc/self/fd/{log_fd}", target, dst_dir_fd=fd, follow_symlinks=True)
             except OSError:
@@ -360,14 +348,18 @@ class Registry:
 
     @staticmethod
     def _unlink_log(fd: int, target: str) -> None:
-        """An old log of the same name, if it is ours (marker line)."""
-        lfd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        """Remove a log file if it is ours: a regular file that starts with the tool's marker line."""
+        try:
+            lfd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return
         try:
             ours = stat.S_ISREG(os.fstat(lfd).st_mode) and os.read(lfd, len(LOG_MARKER)) == LOG_MARKER
         finally:
             os.close(lfd)
         if ours:
-            os.unlink(target, dir_fd=fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target, dir_fd=fd)
 
 
 class MemoryRegistry:

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from addrinuse.cli import run as run_cli
 from addrinuse.control import stop_servers
 from addrinuse.registry import Registry
+from tests.helpers import living_children, reap
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -81,41 +82,19 @@ def busy_machine():
     yield proc
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _living_children() -> list[psutil.Process]:
-    _reap()
-    alive = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_process():
-    before = {p.pid for p in _living_children()}
+    before = {p.pid for p in living_children()}
     yield
     deadline = time.monotonic() + 5
     while True:
-        leaked = [p for p in _living_children() if p.pid not in before]
+        leaked = [p for p in living_children() if p.pid not in before]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.02)
     for proc in leaked:
         proc.kill()
-    _reap()
+    reap()
     assert not leaked, f"processes left behind: {[(p.pid, p.cmdline()) for p in leaked]}"
 
 

@@ -34,6 +34,34 @@ def wait_local(port: int, state: str, count: int, timeout: float = 5.0, host: st
                     timeout, what=f"{count} {state} entries on {host}:{port}")
 
 
+def reap() -> None:
+    """Collect every exited child (this process is a subreaper: orphans of the tool land here)."""
+    import os
+
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def living_children() -> list:
+    """Every living (non-zombie) descendant of this process."""
+    import psutil
+
+    reap()
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
 def has_ss() -> bool:
     return shutil.which("ss") is not None
 

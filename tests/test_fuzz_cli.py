@@ -121,6 +121,13 @@ def dirs(tmp_path):
     return [str(fresh), str(blocker), str(blocker / "sub"), str(open_dir), str(link), "/tmp"]
 
 
+def stop_all(*state_dirs) -> None:
+    """Every server an example started, by record, in the state dirs a vector could name."""
+    for d in state_dirs:
+        if os.path.isdir(d) and not os.path.islink(d):
+            stop_servers(Registry(d), everything=True, sig=9, timeout=5)
+
+
 def json_mode(args: list[str]) -> bool:
     """Whether --json reached the command as its flag (not as the value of another option)."""
     takes_value = {opt for _, c in COMMANDS for p in c.params if isinstance(p, click.Option)
@@ -160,9 +167,7 @@ def test_any_argument_vector_ends_in_a_documented_exit_code(data, run, target, d
     try:
         out = run(*args)
     finally:
-        for d in (state_dir, dirs[0]):
-            if os.path.isdir(d) and not os.path.islink(d):
-                stop_servers(Registry(d), everything=True, sig=9, timeout=5)
+        stop_all(state_dir, dirs[0])
     check(args, out)
 
 
@@ -176,7 +181,5 @@ def test_argument_vectors_through_the_console_entry_point(data, sub, target, dir
     try:
         out = sub(*args)
     finally:
-        for d in (state_dir, dirs[0]):
-            if os.path.isdir(d) and not os.path.islink(d):
-                stop_servers(Registry(d), everything=True, sig=9, timeout=5)
+        stop_all(state_dir, dirs[0])
     check(args, out)

@@ -32,6 +32,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import living_children
+
 # command -> (argv, seconds the whole command takes here, measured): delays are drawn from
 # [0, 1.3 x that], so some land in the interpreter's start-up and some after the command ended.
 COMMANDS = {
@@ -93,26 +95,8 @@ class Outcome:
         return self.exit_code in expected and self.stderr_lines <= 1
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def _descendants() -> dict[int, psutil.Process]:
-    _reap()
-    out = {}
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                out[proc.pid] = proc
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return {proc.pid: proc for proc in living_children()}
 
 
 def _recorded_pids(state: Path) -> set[int]:

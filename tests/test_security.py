@@ -20,7 +20,7 @@ import pytest
 
 from addrinuse.errors import EXIT_BAD_INPUT, EXIT_UNSAFE
 from addrinuse.registry import FORMAT, SUFFIX, Registry, ServerRecord
-from tests.helpers import local, wait_for, write_record
+from tests.helpers import living_children, local, wait_for, write_record
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 
@@ -305,8 +305,7 @@ def test_twenty_concurrent_starts_with_one_name_exactly_one_wins(state_dir):
     records, problems = Registry(state_dir).load()
     assert [(r.name, r.pid) for r in records] == [("web", winner["pid"])] and not problems
     assert [e.pid for e in local(winner["port"], "LISTEN")] == [winner["pid"]]
-    living = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
-    assert [p.pid for p in living] == [winner["pid"]]
+    assert [p.pid for p in living_children()] == [winner["pid"]]
 
 
 def test_concurrent_claims_in_one_process_never_overwrite(state_dir):
@@ -398,7 +397,6 @@ def test_demo_is_killed_with_sigkill_and_its_servers_die_too(tmp_path):
         pass  # the demo was quicker than the poll: nothing to kill mid-way, still nothing may be left
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    wait_for(lambda: not [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE],
-             what="no server left")
+    wait_for(lambda: not living_children(), what="no server left")
     assert list(tmp_path.iterdir()) == []
     shutil.rmtree(tmp_path, ignore_errors=True)
