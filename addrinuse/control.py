@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
 from addrinuse.errors import AddressInUse, BadInput, NameTaken, PidReused, ServerNotFound, ServerStartError, SocketCallError
 from addrinuse.registry import Problem, ServerRecord, check_name, log_tail, process_state
 from addrinuse.server import ServerConfig, serve
+from addrinuse.tether import Launched
 
 READY_TIMEOUT_S = 10.0
 POLL_S = 0.01
@@ -26,86 +24,19 @@ def _failure(message: dict, config: ServerConfig) -> Exception:
     return BadInput(message.get("message", "the server refused its configuration"))
 
 
-class _Child:
-    """One process the tool launched (python -m addrinuse.server ...), tied to this process by the
-    tether protocol until adopted."""
-
-    def __init__(self, args: list[str], log_fd: int, pass_fds: tuple[int, ...] = ()):
-        import socket
-
-        self.chan, theirs = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "addrinuse.server", *_with_chan(args, theirs.fileno())],
-                pass_fds=(theirs.fileno(), *pass_fds), stdin=subprocess.DEVNULL, stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the user's terminal is not meant for it; the tool stops it.
-                start_new_session=True,
-            )
-        finally:
-            theirs.close()
-        self.message: dict | None = None
-        self.fds: list[int] = []
-
-    def ready(self, deadline: float) -> dict | None:
-        """The child's ready line (with any fds it passed), or None if it exited or timed out."""
-        import socket
-
-        buf = b""
-        while not buf.endswith(b"\n"):
-            self.chan.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
-                data, fds, _, _ = socket.recv_fds(self.chan, 4096, 4)
-            except (TimeoutError, OSError):
-                return None
-            self.fds += fds
-            if not data:
-                return None
-            buf += data
-        try:
-            self.message = json.loads(buf)
-        except ValueError:
-            return None
-        return self.message
-
-    def verdict(self, adopt: bool, deadline: float) -> bool:
-        """Tell the child it is recorded (adopt) or tied to us (keep); True once it acknowledged."""
-        from addrinuse.tether import ACK, ADOPT, KEEP
-
-        try:
-            self.chan.settimeout(max(0.001, deadline - time.monotonic()))
-            self.chan.sendall(ADOPT if adopt else KEEP)
-            got = b""
-            while len(got) < len(ACK):
-                chunk = self.chan.recv(len(ACK) - len(got))
-                if not chunk:
-                    break
-                got += chunk
-            return got == ACK
-        except (TimeoutError, OSError):
-            return False
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-    def close(self) -> None:
-        self.chan.close()
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
-
-
-def _with_chan(args: list[str], chan_fd: int) -> list[str]:
-    """Insert CHAN_FD PARENT_PID after the mode word (or the config) of server.main's argv."""
-    return [args[0], str(chan_fd), str(os.getpid()), *args[1:]]
-
-
 def _create_time(pid: int) -> float:
     import psutil
 
     return psutil.Process(pid).create_time()
+
+
+def _name_free(registry, name: str) -> None:
+    """Refuse a name a running server holds before starting anything (advisory: the claim, atomic,
+    is what decides between concurrent starts)."""
+    check_name(name)
+    for record in registry.load()[0]:
+        if record.name == name:
+            raise NameTaken(name, record.pid)
 
 
 def _claim(registry, record: ServerRecord, name: str | None) -> ServerRecord:
@@ -132,16 +63,16 @@ def start_server(registry, config: ServerConfig, name: str | None = None) -> Ser
     this process; into a MemoryRegistry it stays tied to this process (PR_SET_PDEATHSIG) and dies
     with it. There is no moment where it runs unrecorded: until the record exists it is tied."""
     if name is not None:
-        check_name(name)
+        _name_free(registry, name)
     if config.command:
         return _start_command(registry, config, name)
     registry.ensure()
     log_fd = registry.new_log()
-    children: list[_Child] = []
+    children: list[Launched] = []
     claimed: list[str] = []
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
-        server = _Child([config.to_json()], log_fd)
+        server = Launched([config.to_json()], log_fd)
         children.append(server)
         message = server.ready(deadline)
         if not message or not message.get("ok"):
@@ -154,7 +85,7 @@ def start_server(registry, config: ServerConfig, name: str | None = None) -> Ser
         child_record = None
         if config.spawn_child:
             (listener,) = server.fds[:1]
-            holder = _Child(["--hold", str(listener)], log_fd, pass_fds=(listener,))
+            holder = Launched(["--hold", str(listener)], log_fd, pass_fds=(listener,))
             children.append(holder)
             if not (holder.ready(deadline) or {}).get("ok"):
                 raise ServerStartError(f"the inheriting child did not start: {log_tail(log_fd)}")
@@ -219,7 +150,7 @@ def _start_command(registry, config: ServerConfig, name: str | None) -> ServerRe
     claimed = None
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
-        child = _Child(["--exec", "--", *argv], log_fd)
+        child = Launched(["--exec", "--", *argv], log_fd)
         if not (child.ready(deadline) or {}).get("ok"):
             child.kill()
             raise ServerStartError(f"could not launch {argv[0]!r}: {log_tail(log_fd)}")
@@ -246,7 +177,7 @@ def _start_command(registry, config: ServerConfig, name: str | None) -> ServerRe
         os.close(log_fd)
 
 
-def _wait_listening(child: _Child, address: str, port: int, deadline: float, log_fd: int, argv) -> None:
+def _wait_listening(child: Launched, address: str, port: int, deadline: float, log_fd: int, argv) -> None:
     import psutil
 
     from addrinuse.conntable import get_backend
@@ -278,7 +209,7 @@ def run_foreground(registry, config: ServerConfig, name: str | None, on_ready) -
     import psutil
 
     if name is not None:
-        check_name(name)
+        _name_free(registry, name)
     holder: dict = {}
 
     def ready(host: str, port: int) -> None:

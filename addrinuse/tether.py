@@ -18,6 +18,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 ADOPT, KEEP, ACK = b"adopt\n", b"keep\n", b"ok\n"
@@ -76,3 +79,73 @@ def _read_line(chan: socket.socket) -> bytes:
             return b""
         buf += chunk
     return buf
+
+
+class Launched:
+    """The parent's side: one process the tool launched (python -m addrinuse.server ...), tied to
+    this process until adopted."""
+
+    def __init__(self, args: list[str], log_fd: int, pass_fds: tuple[int, ...] = ()):
+        self.chan, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "addrinuse.server", *_with_chan(args, theirs.fileno())],
+                pass_fds=(theirs.fileno(), *pass_fds), stdin=subprocess.DEVNULL, stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the user's terminal is not meant for it; the tool stops it.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.message: dict | None = None
+        self.fds: list[int] = []
+
+    def ready(self, deadline: float) -> dict | None:
+        """The child's ready line (with any fds it passed), or None if it exited or timed out."""
+        buf = b""
+        while not buf.endswith(b"\n"):
+            self.chan.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                data, fds, _, _ = socket.recv_fds(self.chan, 4096, 4)
+            except (TimeoutError, OSError):
+                return None
+            self.fds += fds
+            if not data:
+                return None
+            buf += data
+        try:
+            self.message = json.loads(buf)
+        except ValueError:
+            return None
+        return self.message
+
+    def verdict(self, adopt: bool, deadline: float) -> bool:
+        """Tell the child it is recorded (adopt) or tied to us (keep); True once it acknowledged."""
+        try:
+            self.chan.settimeout(max(0.001, deadline - time.monotonic()))
+            self.chan.sendall(ADOPT if adopt else KEEP)
+            got = b""
+            while len(got) < len(ACK):
+                chunk = self.chan.recv(len(ACK) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            return got == ACK
+        except (TimeoutError, OSError):
+            return False
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        self.chan.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _with_chan(args: list[str], chan_fd: int) -> list[str]:
+    """Insert CHAN_FD PARENT_PID after the mode word (or the config) of server.main's argv."""
+    return [args[0], str(chan_fd), str(os.getpid()), *args[1:]]

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from addrinuse.cli import cli
-from addrinuse.conntable import snapshot
 from tests.helpers import local, wait_client_side, wait_for, wait_local, write_record
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

@@ -8,7 +8,6 @@ import socket
 
 import pytest
 
-from addrinuse.conntable import snapshot
 from tests.helpers import has_ss, local, ss_rows, wait_client_side, wait_for, wait_local
 
 
