@@ -33,12 +33,20 @@ def _interrupted(signum: int) -> KeyboardInterrupt:
     return err
 
 
+_state = {"armed": False, "pending": None}
+
+
 def _raise(signum, frame):
     # One interrupt is enough: the cleanup it starts (every `finally` on the way out) must not be
     # cut short by a second Ctrl-C, which would leave half of it undone and print a traceback.
     for sig in SIGNALS:
         if signal.getsignal(sig) is _raise:
             signal.signal(sig, _later)
+    if not _state["armed"]:
+        # Still importing this module (the caller's `from addrinuse.entry import main` has not
+        # returned): nothing would catch an exception; main() ends at once instead.
+        _state["pending"] = signum
+        return
     raise _interrupted(signum)
 
 
@@ -89,7 +97,10 @@ def _exit_now(signum, frame):
 
 def main() -> None:
     code, text = 1, ""
+    _state["armed"] = True
     try:
+        if _state["pending"] is not None:
+            raise _interrupted(_state["pending"])
         from addrinuse.cli import run
 
         code = run()
