@@ -183,3 +183,21 @@ def test_argument_vectors_through_the_console_entry_point(data, sub, target, dir
     finally:
         stop_all(state_dir, dirs[0])
     check(args, out)
+
+
+# The vectors the issue measured, kept as plain cases beside the fuzzer (which draws them too).
+FLOATS = [
+    (["watch", "--interval", "nan"], {2}), (["watch", "--interval", "inf"], {2}), (["watch", "--duration", "nan"], {2}),
+    (["watch", "--duration", "-inf"], {2}), (["wait", "PORT", "--timeout", "inf"], {2}),
+    (["wait", "PORT", "--interval", "nan"], {2}), (["kill", "--all", "--timeout", "nan"], {2}),
+    # --timeout 0 checks once: free (0) or blocked (4), never a usage error.
+    (["wait", "PORT", "--timeout", "0"], {0, 4}), (["kill", "--all", "--timeout", "0"], {0}),
+]
+
+
+@pytest.mark.parametrize("args,codes", FLOATS, ids=[" ".join(a) for a, _ in FLOATS])
+def test_numbers_that_are_not_numbers(args, codes, run, target):
+    args = [str(target) if a == "PORT" else a for a in args]
+    out = run(*args)
+    check(args, out)
+    assert out.exit_code in codes, out.stderr
