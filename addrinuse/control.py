@@ -90,9 +90,10 @@ def start_server(registry, config: ServerConfig, name: str | None = None) -> Ser
             if not (holder.ready(deadline) or {}).get("ok"):
                 raise ServerStartError(f"the inheriting child did not start: {log_tail(log_fd)}")
             child_record = ServerRecord(name="", pid=holder.proc.pid, create_time=_create_time(holder.proc.pid),
-                                        host=config.host, port=port, close="never", reuseaddr=config.reuseaddr)
+                                        host=message["host"], port=port, close="never", reuseaddr=config.reuseaddr)
         record = ServerRecord(
-            name="", pid=server.proc.pid, create_time=_create_time(server.proc.pid), host=config.host, port=port,
+            # The address the server bound (numeric, as getsockname gave it), not the name it was given.
+            name="", pid=server.proc.pid, create_time=_create_time(server.proc.pid), host=message["host"], port=port,
             close=config.close, reuseaddr=config.reuseaddr, reuseport=config.reuseport, linger0=config.linger0,
             stop_signal=config.stop_signal,
         )
@@ -155,7 +156,7 @@ def _start_command(registry, config: ServerConfig, name: str | None) -> ServerRe
             child.kill()
             raise ServerStartError(f"could not launch {argv[0]!r}: {log_tail(log_fd)}")
         record = ServerRecord(name="", pid=child.proc.pid, create_time=_create_time(child.proc.pid),
-                              host=config.host, port=port, close=None, command=argv, stop_signal=config.stop_signal)
+                              host=address, port=port, close=None, command=argv, stop_signal=config.stop_signal)
         claimed = _claim(registry, record, name).name
         if not child.verdict(adopt=not registry.foreground, deadline=deadline):
             raise ServerStartError(f"{argv[0]!r} exited before it was adopted: {log_tail(log_fd)}")
@@ -216,7 +217,7 @@ def run_foreground(registry, config: ServerConfig, name: str | None, on_ready) -
         me = psutil.Process()
         record = ServerRecord(
             name="", pid=me.pid, create_time=me.create_time(),
-            host=config.host, port=port, close=config.close, reuseaddr=config.reuseaddr,
+            host=host, port=port, close=config.close, reuseaddr=config.reuseaddr,
             reuseport=config.reuseport, linger0=config.linger0,
         )
         holder["record"] = _claim(registry, record, name)

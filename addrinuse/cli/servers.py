@@ -7,7 +7,7 @@ import signal
 import click
 
 from addrinuse.cli.app import cli, emit
-from addrinuse.cli.options import PortType, clients_option, host_option, json_option, public_option
+from addrinuse.cli.options import PortType, Seconds, clients_option, host_option, json_option, public_option
 from addrinuse.errors import EXIT_FAILED, BadInput
 
 STOP_SIGNALS = ["TERM", "INT", "HUP", "QUIT", "KILL"]  # registry.STOP_SIGNALS, without importing it at start-up
@@ -162,7 +162,7 @@ def connect(port, host, clients, hold, allow_public, as_json):
 @click.option("--signal", "sig", type=click.Choice(STOP_SIGNALS),
               help="The signal to send: TERM (graceful), INT, HUP, QUIT, or KILL (no cleanup by the server). "
                    "Default: the server's stop signal (TERM unless 'start --stop-signal' said otherwise).")
-@click.option("--timeout", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+@click.option("--timeout", type=Seconds(0, 3600), default=5.0, show_default=True,
               help="How long to wait for each server to exit. 0 does not wait.")
 @json_option
 @click.pass_context
