@@ -56,21 +56,24 @@ def _later(signum, frame):
 
 def _unraisable(hook):
     """A signal can land while Python runs a callback that cannot raise (a weakref callback of the
-    import system, a __del__): the interrupt is then printed as "Exception ignored" and lost, and the
-    command would run on. Instead: say nothing, re-arm, and deliver the signal again; the handler
-    runs at the next instruction outside that callback."""
+    import system, a __del__): the interrupt is then reported as "Exception ignored" and lost, and
+    the command would run on. Instead: say nothing and deliver it again a millisecond later
+    (SIGALRM, which nothing else here uses), outside that callback."""
 
     def unraisable(info):
         signum = getattr(info.exc_value, "signum", None)
         if isinstance(info.exc_value, KeyboardInterrupt) and signum in SIGNALS:
-            for sig in SIGNALS:
-                if signal.getsignal(sig) is _later:
-                    signal.signal(sig, _raise)
-            signal.raise_signal(signum)
+            _state["pending"] = signum
+            signal.signal(signal.SIGALRM, _redeliver)
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
             return
         hook(info)
 
     return unraisable
+
+
+def _redeliver(signum, frame):
+    raise _interrupted(_state["pending"])
 
 
 def install() -> None:

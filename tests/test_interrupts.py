@@ -408,3 +408,22 @@ def test_servers_started_from_a_background_job_stop_on_the_documented_signals(si
     for name in records:
         out = run("kill", name, "--signal", sig, "--timeout", "5", "--json")
         assert out.exit_code == 0 and out.json()["stopped"][0]["exited"], out.stderr
+
+
+def test_an_interrupt_swallowed_by_a_callback_is_delivered_again():
+    """A signal that lands in a weakref callback (the import system has them) is reported by Python
+    as "Exception ignored" and lost; entry.py re-delivers it right after, silently."""
+    code = ("import addrinuse.entry as entry, weakref, signal, time\n"
+            "entry._state['armed'] = True\n"
+            "class A: pass\n"
+            "a = A()\n"
+            "def cb(ref): raise entry._interrupted(signal.SIGTERM)\n"
+            "r = weakref.ref(a, cb)\n"
+            "try:\n"
+            "    del a\n"
+            "    time.sleep(5)\n"
+            "    print('not interrupted')\n"
+            "except KeyboardInterrupt as err:\n"
+            "    print('interrupted', err.signum)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "interrupted 15" and out.stderr == ""
