@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
-import select
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from addrinuse.errors import AddressInUse, BadInput, PidReused, ServerNotFound, ServerStartError, SocketCallError
-from addrinuse.registry import Problem, Registry, ServerRecord, process_state
+from addrinuse.errors import AddressInUse, BadInput, NameTaken, PidReused, ServerNotFound, ServerStartError, SocketCallError
+from addrinuse.registry import Problem, ServerRecord, check_name, log_tail, process_state
 from addrinuse.server import ServerConfig, serve
+from addrinuse.tether import Launched
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 READY_TIMEOUT_S = 10.0
 POLL_S = 0.01
-
-
-def check_name(registry: Registry, name: str | None) -> None:
-    if name is None:
-        return
-    if not NAME_RE.match(name):
-        raise BadInput(f"server name {name!r} is not valid: use letters, digits, '.', '_' or '-' (at most 64)")
-    records, _ = registry.load()
-    for record in records:
-        if record.name == name:
-            raise BadInput(f"a server named {name!r} is already running (pid {record.pid}): pick another --name or 'addrinuse kill {name}'")
 
 
 def _failure(message: dict, config: ServerConfig) -> Exception:
@@ -41,102 +24,203 @@ def _failure(message: dict, config: ServerConfig) -> Exception:
     return BadInput(message.get("message", "the server refused its configuration"))
 
 
-def _read_ready(fd: int, deadline: float) -> dict | None:
-    buf = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    try:
-        return json.loads(buf) if buf.strip() else None
-    except ValueError:
-        return None
-
-
-def start_server(registry: Registry, config: ServerConfig, name: str | None = None) -> ServerRecord:
-    """Launch a detached server process and return once it listens (it reports on a pipe)."""
+def _create_time(pid: int) -> float:
     import psutil
 
-    check_name(registry, name)
-    registry.ensure()
-    pending = f".pending-{uuid.uuid4().hex[:8]}"
-    log_path = registry.log_path(pending)
-    read_fd, write_fd = os.pipe()
-    proc = None
-    try:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "addrinuse.server", config.to_json(), str(write_fd)],
-                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the user's terminal is not meant for it.
-                start_new_session=True,
-            )
-        os.close(write_fd)
-        write_fd = -1
-        message = _read_ready(read_fd, time.monotonic() + READY_TIMEOUT_S)
-        if not message or not message.get("ok"):
-            proc.wait(timeout=READY_TIMEOUT_S)
-            if message:
-                raise _failure(message, config)
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise ServerStartError(f"server exited before listening (status {proc.returncode}): {tail[0]}")
-        port = message["port"]
-        record = ServerRecord(
-            name=name or _free_name(registry, f"srv-{port}"), pid=proc.pid,
-            create_time=psutil.Process(proc.pid).create_time(), host=config.host, port=port,
-            close=config.close, reuseaddr=config.reuseaddr, reuseport=config.reuseport, linger0=config.linger0,
-        )
-        record.log = str(registry.log_path(record.name))
-        os.replace(log_path, record.log)
-        if message.get("child_pid"):
-            # The child is ours too: it gets a record of its own, so kill --all ends it.
-            child = ServerRecord(name=f"{record.name}-child", pid=message["child_pid"],
-                                 create_time=psutil.Process(message["child_pid"]).create_time(),
-                                 host=config.host, port=port, close="never", reuseaddr=config.reuseaddr)
-            registry.save(child)
-            record.child = child.name
+    return psutil.Process(pid).create_time()
+
+
+def _name_free(registry, name: str) -> None:
+    """Refuse a name a running server holds before starting anything (advisory: the claim, atomic,
+    is what decides between concurrent starts)."""
+    check_name(name)
+    for record in registry.load()[0]:
+        if record.name == name:
+            raise NameTaken(name, record.pid)
+
+
+def _claim(registry, record: ServerRecord, name: str | None) -> ServerRecord:
+    """Save the record under `name`, or under the first free srv-PORT[-N] when no name was given."""
+    if name is not None:
+        record.name = name
         registry.save(record)
         return record
+    base = f"srv-{record.port}"
+    for n in range(1, 100):
+        record.name = base if n == 1 else f"{base}-{n}"
+        try:
+            registry.save(record)
+            return record
+        except NameTaken:
+            continue
+    raise BadInput(f"no free record name {base}-N: pass --name")
+
+
+def start_server(registry, config: ServerConfig, name: str | None = None) -> ServerRecord:
+    """Launch a server process and return once it listens and is recorded.
+
+    Into a disk Registry (`start`) the server is adopted once its record is claimed, and outlives
+    this process; into a MemoryRegistry it stays tied to this process (PR_SET_PDEATHSIG) and dies
+    with it. There is no moment where it runs unrecorded: until the record exists it is tied."""
+    if name is not None:
+        _name_free(registry, name)
+    if config.command:
+        return _start_command(registry, config, name)
+    registry.ensure()
+    log_fd = registry.new_log()
+    children: list[Launched] = []
+    claimed: list[str] = []
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        server = Launched([config.to_json()], log_fd)
+        children.append(server)
+        message = server.ready(deadline)
+        if not message or not message.get("ok"):
+            server.kill()
+            if message:
+                raise _failure(message, config)
+            raise ServerStartError(f"server exited before listening (status {server.proc.returncode}): "
+                                   f"{log_tail(log_fd)}")
+        port = message["port"]
+        child_record = None
+        if config.spawn_child:
+            (listener,) = server.fds[:1]
+            holder = Launched(["--hold", str(listener)], log_fd, pass_fds=(listener,))
+            children.append(holder)
+            if not (holder.ready(deadline) or {}).get("ok"):
+                raise ServerStartError(f"the inheriting child did not start: {log_tail(log_fd)}")
+            child_record = ServerRecord(name="", pid=holder.proc.pid, create_time=_create_time(holder.proc.pid),
+                                        host=message["host"], port=port, close="never", reuseaddr=config.reuseaddr)
+        record = ServerRecord(
+            # The address the server bound (numeric, as getsockname gave it), not the name it was given.
+            name="", pid=server.proc.pid, create_time=_create_time(server.proc.pid), host=message["host"], port=port,
+            close=config.close, reuseaddr=config.reuseaddr, reuseport=config.reuseport, linger0=config.linger0,
+            stop_signal=config.stop_signal,
+        )
+        if child_record is not None:
+            # The child first: a record naming a child always has that child recorded.
+            _claim(registry, child_record, f"{name or f'srv-{port}'}-child")
+            claimed.append(child_record.name)
+            record.child = child_record.name
+        _claim(registry, record, name)
+        claimed.append(record.name)
+        for child in children:
+            if not child.verdict(adopt=not registry.foreground, deadline=deadline):
+                raise ServerStartError(f"server pid {child.proc.pid} exited before it was adopted: {log_tail(log_fd)}")
+        record.log = registry.keep_log(log_fd, record.name)
+        return record
     except BaseException:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log_path.unlink(missing_ok=True)
+        for child in children:
+            child.kill()
+        for claimed_name in claimed:
+            registry.remove(claimed_name)
         raise
     finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
+        for child in children:
+            child.close()
+        os.close(log_fd)
 
 
-def _free_name(registry: Registry, base: str) -> str:
-    name, n = base, 1
-    while registry.path(name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
+def free_port(host: str) -> int:
+    """A port the kernel picks as free on host (bind to 0), released for the user's server to take."""
+    import socket
+
+    from addrinuse.sockets import resolve
+
+    family, address = resolve(host)
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
 
 
-def run_foreground(registry: Registry, config: ServerConfig, name: str | None, on_ready) -> int:
-    """Serve in this process until SIGTERM/SIGINT; the record exists exactly while it listens."""
+def _start_command(registry, config: ServerConfig, name: str | None) -> ServerRecord:
+    """The user's own server: the record is claimed before exec (the port is chosen up front), the
+    command then runs adopted (or tied, in a MemoryRegistry) and is ready once the table shows it
+    listening on host:port."""
+    from addrinuse.sockets import resolve
+
+    command = list(config.command)
+    if not any("{port}" in arg for arg in command) and not config.port:
+        raise BadInput("the command has no {port} placeholder: add one where the port goes, or pass --port N")
+    address = resolve(config.host)[1]
+    port = config.port or free_port(config.host)
+    argv = [arg.replace("{port}", str(port)) for arg in command]
+    registry.ensure()
+    log_fd = registry.new_log()
+    child = None
+    claimed = None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        child = Launched(["--exec", "--", *argv], log_fd)
+        if not (child.ready(deadline) or {}).get("ok"):
+            child.kill()
+            raise ServerStartError(f"could not launch {argv[0]!r}: {log_tail(log_fd)}")
+        record = ServerRecord(name="", pid=child.proc.pid, create_time=_create_time(child.proc.pid),
+                              host=address, port=port, close=None, command=argv, stop_signal=config.stop_signal)
+        claimed = _claim(registry, record, name).name
+        if not child.verdict(adopt=not registry.foreground, deadline=deadline):
+            raise ServerStartError(f"{argv[0]!r} exited before it was adopted: {log_tail(log_fd)}")
+        failed = child.ready(deadline)  # EOF: the exec happened
+        if failed and not failed.get("ok"):
+            raise BadInput(f"{failed.get('message')}: check the command after --")
+        _wait_listening(child, address, port, deadline, log_fd, argv)
+        record.log = registry.keep_log(log_fd, record.name)
+        return record
+    except BaseException:
+        if child is not None:
+            child.kill()
+        if claimed is not None:
+            registry.remove(claimed)
+        raise
+    finally:
+        if child is not None:
+            child.close()
+        os.close(log_fd)
+
+
+def _wait_listening(child: Launched, address: str, port: int, deadline: float, log_fd: int, argv) -> None:
     import psutil
 
-    check_name(registry, name)
+    from addrinuse.conntable import get_backend
+    from addrinuse.conntable.match import bound_here
+
+    source = get_backend("auto")
+    try:
+        while True:
+            try:
+                tree = {child.proc.pid} | {p.pid for p in psutil.Process(child.proc.pid).children(recursive=True)}
+            except psutil.NoSuchProcess:
+                tree = {child.proc.pid}
+            entries = source.snapshot(port, ["LISTEN"], local=True)
+            if any(bound_here(e, address, port) and any(o.pid in tree for o in e.owners) for e in entries):
+                return
+            if child.proc.poll() is not None:
+                raise ServerStartError(f"{argv[0]!r} exited with status {child.proc.returncode} before listening on "
+                                       f"{address}:{port}: {log_tail(log_fd)}")
+            if time.monotonic() >= deadline:
+                raise ServerStartError(f"{argv[0]!r} did not listen on {address}:{port} within "
+                                       f"{READY_TIMEOUT_S:g} s; stopped it: {log_tail(log_fd)}")
+            time.sleep(POLL_S)
+    finally:
+        source.close()
+
+
+def run_foreground(registry, config: ServerConfig, name: str | None, on_ready) -> int:
+    """Serve in this process until SIGTERM/SIGINT/SIGHUP; the record exists exactly while it listens."""
+    import psutil
+
+    if name is not None:
+        _name_free(registry, name)
     holder: dict = {}
 
     def ready(host: str, port: int) -> None:
         me = psutil.Process()
         record = ServerRecord(
-            name=name or _free_name(registry, f"srv-{port}"), pid=me.pid, create_time=me.create_time(),
-            host=config.host, port=port, close=config.close, reuseaddr=config.reuseaddr,
+            name="", pid=me.pid, create_time=me.create_time(),
+            host=host, port=port, close=config.close, reuseaddr=config.reuseaddr,
             reuseport=config.reuseport, linger0=config.linger0,
         )
-        registry.save(record)
-        holder["record"] = record
+        holder["record"] = _claim(registry, record, name)
         on_ready(record)
 
     try:
@@ -151,10 +235,11 @@ class StopOutcome:
     record: ServerRecord
     exited: bool
     waited_s: float
+    signal: str = "TERM"  # the signal sent, without SIG
 
     def to_dict(self) -> dict:
         return {"name": self.record.name, "pid": self.record.pid, "host": self.record.host, "port": self.record.port,
-                "exited": self.exited, "waited_s": round(self.waited_s, 3)}
+                "exited": self.exited, "waited_s": round(self.waited_s, 3), "signal": self.signal}
 
     def owns(self, entry) -> bool:
         """An entry the server left: its local address:port is the one the server bound."""
@@ -174,14 +259,18 @@ class StopReport:
         return sorted({o.record.port for o in self.stopped})
 
 
-def select_targets(registry: Registry, name: str | None, port: int | None, everything: bool):
+def select_targets(registry, name: str | None, port: int | None, everything: bool):
     records, problems = registry.load()
     if name is not None:
+        check_name(name)
         targets = [r for r in records if r.name == name]
         if not targets:
             reused = [p for p in problems if p.name == name and p.reused]
             if reused:
                 raise PidReused(name, reused[0].pid)
+            corrupt = [p for p in problems if p.name == name and p.kind == "corrupt"]
+            if corrupt:
+                raise BadInput(corrupt[0].reason)
             raise ServerNotFound(name, [r.name for r in records])
     elif port is not None:
         targets = [r for r in records if r.port == port]
@@ -194,27 +283,54 @@ def select_targets(registry: Registry, name: str | None, port: int | None, every
     return targets, problems
 
 
-def stop_servers(registry: Registry, name: str | None = None, port: int | None = None,
-                 everything: bool = False, sig: int = signal.SIGTERM, timeout: float = 5.0) -> StopReport:
+def signal_record(record: ServerRecord, sig: int) -> str:
+    """Signal the process a record names, only if pid AND create time still match a live, non-zombie
+    process. A pidfd is opened first and the identity checked after: the check then holds for the
+    very process the pidfd names, so a pid reused between check and signal cannot be hit
+    (pidfd_open(2), Linux 5.3). Returns 'signalled' or the process state that forbade it."""
+    try:
+        pidfd = os.pidfd_open(record.pid)
+    except ProcessLookupError:
+        return "not running"
+    except (AttributeError, OSError):
+        pidfd = None  # no pidfd here: the check-then-kill window remains, as small as it can be
+    try:
+        state = process_state(record)
+        if state != "running":
+            return state
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(record.pid, sig)
+        except ProcessLookupError:
+            return "not running"
+        return "signalled"
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def stop_servers(registry, name: str | None = None, port: int | None = None,
+                 everything: bool = False, sig: int | None = None, timeout: float = 5.0) -> StopReport:
+    """Stop recorded servers with `sig` (default: each record's own stop signal, SIGTERM unless the
+    user's command said otherwise) and wait up to `timeout` for each to exit."""
     targets, problems = select_targets(registry, name, port, everything)
     report = StopReport(problems=problems)
     for record in targets:
-        # Checked again right before the signal: the pid must still be the process we started.
-        if process_state(record) != "running":
+        started = time.monotonic()
+        how = sig if sig is not None else getattr(signal, f"SIG{record.stop_signal}")
+        state = signal_record(record, how)
+        if state not in ("signalled", "not running"):
             report.problems.append(Problem(str(registry.path(record.name)),
-                                           f"record {record.name!r}: pid {record.pid} changed; removed, nothing signalled",
-                                           record.name, True, record.pid))
+                                           f"record {record.name!r}: pid {record.pid} {state}; removed, nothing signalled",
+                                           record.name, True, record.pid, "reused"))
             registry.remove(record.name)
             continue
-        started = time.monotonic()
-        try:
-            os.kill(record.pid, sig)
-        except ProcessLookupError:
-            pass
         exited = wait_gone(record.pid, started + timeout)
         if exited:
             registry.remove(record.name)
-        report.stopped.append(StopOutcome(record, exited, time.monotonic() - started))
+        report.stopped.append(StopOutcome(record, exited, time.monotonic() - started, signal.Signals(how).name[3:]))
     return report
 
 

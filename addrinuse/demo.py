@@ -1,18 +1,19 @@
-"""The canonical reproduction (`addrinuse demo`): every sentence is built from what happened."""
+"""The canonical reproduction (`addrinuse demo`): every sentence is built from what happened.
+
+Run it with a registry.MemoryRegistry: its servers are tied to the demo's process and nothing is
+written to disk. It counts only its own connections (server address:port and its clients' ports)."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from addrinuse.client import converse
 from addrinuse.conntable import TCP_TIMEWAIT_LEN_S, TIMER_WHEEL_SLACK_S, get_backend, last_expiry
 from addrinuse.control import start_server, stop_servers
-from addrinuse.registry import Registry
 from addrinuse.render import outcome
 from addrinuse.server import ServerConfig
-from addrinuse.sockets import ProbeResult, SocketOptions, probe
+from addrinuse.sockets import ProbeResult, SocketOptions, probe, resolve
 
 
 @dataclass
@@ -51,13 +52,23 @@ def describe(result: ProbeResult) -> str:
     return outcome(result, "bind() and listen() succeeded")
 
 
-def wait_time_wait(port: int, want: int, timeout: float = 2.0):
-    """Poll until `want` TIME_WAIT entries hold the port's local side (or the deadline passes)."""
+def ours(entries, address: str, port: int, client_ports) -> list:
+    """The demo's own connections only: the server's side is its bound address:port, the other end
+    one of the ports its clients connected from. Other programs' connections reuse the same port
+    numbers between other addresses (as local or remote port) and must not be counted."""
+    from addrinuse.conntable.match import bound_here
+
+    clients = set(client_ports)
+    return [e for e in entries if bound_here(e, address, port) and e.rport in clients]
+
+
+def wait_time_wait(address: str, port: int, client_ports, want: int, timeout: float = 2.0):
+    """Poll until `want` TIME_WAIT entries of our connections hold address:port (or the deadline passes)."""
     deadline = time.monotonic() + timeout
     source = get_backend()  # one backend (one netlink socket) for the whole poll
     try:
         while True:
-            entries = source.snapshot(port, ["TIME_WAIT"], local=True)
+            entries = ours(source.snapshot(port, ["TIME_WAIT"], local=True), address, port, client_ports)
             if len(entries) >= want or time.monotonic() >= deadline:
                 return entries
             time.sleep(0.01)
@@ -65,9 +76,9 @@ def wait_time_wait(port: int, want: int, timeout: float = 2.0):
         source.close()
 
 
-def _close_cycle(registry: Registry, host: str, clients: int, reuseaddr: bool, tag: str):
+def _close_cycle(registry, host: str, clients: int, reuseaddr: bool, tag: str):
     config = ServerConfig(host=host, port=0, close="server-first", reuseaddr=reuseaddr)
-    record = start_server(registry, config, name=f"demo-{tag}-{uuid.uuid4().hex[:6]}")
+    record = start_server(registry, config, name=f"demo-{tag}")
     try:
         talk = converse(host, record.port, clients)
     finally:
@@ -75,7 +86,7 @@ def _close_cycle(registry: Registry, host: str, clients: int, reuseaddr: bool, t
     return record, talk, report
 
 
-def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show=lambda step: None) -> DemoResult:
+def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda step: None) -> DemoResult:
     result = DemoResult(host=host)
     record, talk, report = _close_cycle(registry, host, clients, reuseaddr=False, tag="a")
     result.port, result.clients = record.port, talk.count
@@ -88,7 +99,8 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
     show(DemoStep("3. kill the server", [
         f"SIGTERM to pid {record.pid}: {'exited' if outcome.exited else 'STILL RUNNING'} after {outcome.waited_s * 1000:.0f} ms"]))
 
-    entries = wait_time_wait(record.port, talk.server_closed_first)
+    address = resolve(host)[1]
+    entries = wait_time_wait(address, record.port, talk.local_ports, talk.server_closed_first)
     seen_at = time.time()
     result.time_wait = len(entries)
     lines = [f"{len(entries)} TIME_WAIT entries hold local port {record.port}:"]
@@ -103,7 +115,7 @@ def run_demo(registry: Registry, host: str = "127.0.0.1", clients: int = 5, show
         f"with SO_REUSEADDR:    {describe(result.reuseaddr)}"]))
 
     control, control_talk, _ = _close_cycle(registry, host, clients, reuseaddr=True, tag="b")
-    wait_time_wait(control.port, control_talk.server_closed_first)
+    wait_time_wait(address, control.port, control_talk.local_ports, control_talk.server_closed_first)
     result.control_plain = probe(host, control.port, SocketOptions())
     result.control_reuseaddr = probe(host, control.port, SocketOptions(reuseaddr=True))
     show(DemoStep("6. why: the same cycle with an old server that DID set SO_REUSEADDR", [

@@ -52,6 +52,16 @@ class ServerNotFound(BadInput):
         super().__init__(f"no server named {name!r} ({hint})")
 
 
+class NameTaken(BadInput):
+    """A record of that name exists and its process runs: names are claimed atomically, once."""
+
+    def __init__(self, name: str, pid: int | None = None, detail: str | None = None):
+        self.name = name
+        self.pid = pid
+        why = detail or (f"pid {pid} is running" if pid else "a record holds it")
+        super().__init__(f"name {name} is taken ({why}): pick another --name, or stop it with 'addrinuse kill {name}'")
+
+
 class UnsafeStateDir(AddrinuseError):
     """The state directory could have been written by someone else: refused (exit 5)."""
 

@@ -4,8 +4,13 @@ It listens, accepts, answers each client's first line with its close policy, the
   server-first  closes at once, so the server sends the first FIN and TIME_WAIT lands on its port;
   client-first  waits for the client's FIN, then closes (TIME_WAIT lands on the client's port);
   never         never closes: after the client's FIN the socket sits in CLOSE_WAIT until the process ends.
-Readiness is reported on an inherited pipe fd, once listen() has returned, so the launcher
-never sleeps. SIGTERM/SIGINT close every socket and exit 0.
+Readiness is reported on an inherited socket (tether.py), once listen() has returned, so the
+launcher never sleeps; the server then waits for the launcher's verdict (adopted, or kept tied to the
+launcher's life). SIGTERM, SIGINT and SIGHUP close every socket and exit 0, even when the launcher
+inherited them ignored (a background job of a shell script): the handlers are installed explicitly.
+
+Two more roles, launched the same way: `--hold` keeps a listening socket inherited from a server
+(spawn_child), `--exec` runs the user's own server command (`addrinuse start -- CMD`).
 """
 
 from __future__ import annotations
@@ -22,8 +27,7 @@ from addrinuse.errors import AddrinuseError, SocketCallError
 from addrinuse.sockets import SocketOptions, bind_listen, set_linger0
 
 CLOSE_POLICIES = ("server-first", "client-first", "never")
-# The inheriting child: holds the listening fd (it never accepts) until SIGTERM/SIGINT.
-HOLDER = "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); signal.pause()"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class ServerConfig:
     # Start a child process that inherits the listening socket and outlives this server: the classic
     # "killed the server, port still busy" case (a worker, or a program launched without FD_CLOEXEC).
     spawn_child: bool = False
+    # The user's own server instead of the built-in one: argv with a {port} placeholder. It is ready
+    # when the connection table shows it listening on host:port; `kill` sends it stop_signal.
+    command: tuple[str, ...] | None = None
+    stop_signal: str = "TERM"
 
     @property
     def options(self) -> SocketOptions:
@@ -48,7 +56,10 @@ class ServerConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ServerConfig":
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        if data.get("command") is not None:
+            data["command"] = tuple(data["command"])
+        return cls(**data)
 
 
 class _Stop(Exception):
@@ -125,38 +136,35 @@ class Server:
         self.sel.close()
 
 
-def _report(fd: int, message: dict) -> None:
-    if fd < 0:
-        return
-    try:
-        os.write(fd, (json.dumps(message) + "\n").encode())
-        os.close(fd)
-    except OSError:
-        pass  # the launcher went away; the record protocol will notice
+def serve(config: ServerConfig, chan: socket.socket | None = None, on_ready=None) -> int:
+    """Bind, report, serve until SIGTERM/SIGINT/SIGHUP. Returns the process exit status.
 
+    Launched (chan given) a bind failure is reported on the channel; in the foreground it is raised."""
+    from addrinuse.tether import await_verdict, report
 
-def serve(config: ServerConfig, ready_fd: int = -1, on_ready=None) -> int:
-    """Bind, report, serve until SIGTERM/SIGINT. Returns the process exit status.
-
-    Detached (ready_fd >= 0) a bind failure is reported on the pipe; in the foreground it is raised."""
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     try:
         try:
             listener = bind_listen(config.host, config.port, config.options)
         except AddrinuseError as err:
-            if ready_fd < 0:
+            if chan is None:
                 raise
             call = isinstance(err, SocketCallError)
-            _report(ready_fd, {"ok": False, "syscall": getattr(err, "syscall", None),
-                               "errno": getattr(err, "errno", None), "message": str(err)})
+            report(chan, {"ok": False, "syscall": getattr(err, "syscall", None),
+                          "errno": getattr(err, "errno", None), "message": str(err)})
             return 3 if call else 2
         listener.setblocking(False)
         host, port = listener.getsockname()[:2]
         server = Server(listener, config)
-        child = _spawn_holder(listener) if config.spawn_child else None
         try:
-            _report(ready_fd, {"ok": True, "pid": os.getpid(), "host": host, "port": port,
-                               "child_pid": child.pid if child else None})
+            if chan is not None:
+                # The listener goes to the launcher, which starts the inheriting child itself, tied
+                # to its own life like every process it starts.
+                report(chan, {"ok": True, "pid": os.getpid(), "host": host, "port": port},
+                       (listener.fileno(),) if config.spawn_child else ())
+                if not await_verdict(chan):
+                    return 1  # the launcher gave up on us
+                chan.close()
             if on_ready:
                 on_ready(host, port)
             server.run()
@@ -173,17 +181,56 @@ def serve(config: ServerConfig, ready_fd: int = -1, on_ready=None) -> int:
     return 0
 
 
-def _spawn_holder(listener: socket.socket):
-    import subprocess
+def hold(chan: socket.socket, fd: int) -> int:
+    """Hold an inherited listening socket (never accepting) until SIGTERM/SIGINT/SIGHUP."""
+    from addrinuse.tether import await_verdict, report
 
-    return subprocess.Popen([sys.executable, "-c", HOLDER], pass_fds=(listener.fileno(),),
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
+    try:
+        report(chan, {"ok": True, "pid": os.getpid()})
+        if not await_verdict(chan):
+            return 1
+        chan.close()
+        while True:
+            signal.pause()
+    except _Stop:
+        os.close(fd)
+    return 0
+
+
+def run_command(chan: socket.socket, argv: list[str]) -> int:
+    """Become the user's server: report, take the verdict, then exec. Signals are reset to their
+    defaults first, so a server started from a background job (SIGINT inherited ignored) still
+    stops on SIGINT. If exec fails, say why on the channel (it closes on a successful exec)."""
+    from addrinuse.tether import await_verdict, report
+
+    report(chan, {"ok": True, "pid": os.getpid()})
+    if not await_verdict(chan):
+        return 1
+    for sig in (*STOP_SIGNALS, signal.SIGQUIT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    os.set_inheritable(chan.fileno(), False)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        report(chan, {"ok": False, "message": f"cannot run {argv[0]!r}: {err.strerror}"})
+        return 127
 
 
 def main(argv: list[str]) -> int:
-    config = ServerConfig.from_json(argv[0])
-    ready_fd = int(argv[1]) if len(argv) > 1 else -1
-    return serve(config, ready_fd)
+    """server CONFIG_JSON CHAN_FD PARENT_PID | --hold CHAN_FD PARENT_PID FD | --exec CHAN_FD PARENT_PID -- ARGV..."""
+    from addrinuse.tether import tie_to_parent
+
+    mode = argv.pop(0) if argv[0] in ("--hold", "--exec") else "--serve"
+    config = ServerConfig.from_json(argv.pop(0)) if mode == "--serve" else None
+    chan = socket.socket(fileno=int(argv[0]))
+    tie_to_parent(int(argv[1]))
+    if mode == "--hold":
+        return hold(chan, int(argv[2]))
+    if mode == "--exec":
+        return run_command(chan, argv[argv.index("--") + 1:])
+    return serve(config, chan)
 
 
 if __name__ == "__main__":

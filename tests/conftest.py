@@ -2,7 +2,12 @@
 
 The pytest process makes itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so a server
 started by an `addrinuse start` subprocess is re-parented to pytest when that subprocess exits,
-and the leak check sees it instead of losing it to init."""
+and the leak check sees it instead of losing it to init.
+
+The whole run happens on a busy machine (tests/busy.py): thousands of TIME_WAIT entries on other
+ports, and other loopback addresses using the very port numbers the tests listen on. One process
+for the run, started by the controller (not by each xdist worker) and ended by its pid at the end;
+ADDRINUSE_TEST_BUSY=0 turns it off (the `busy_machine` fixture then says so)."""
 
 from __future__ import annotations
 
@@ -19,51 +24,78 @@ from click.testing import CliRunner
 from addrinuse.cli import run as run_cli
 from addrinuse.control import stop_servers
 from addrinuse.registry import Registry
+from tests.helpers import living_children, reap
 
 PR_SET_CHILD_SUBREAPER = 36
 pytest_plugins = ["tests._schedule"]
 
 
+BUSY_ENV = "ADDRINUSE_TEST_BUSY"
+BUSY_PID_ENV = "ADDRINUSE_TEST_BUSY_PID"
+_busy: subprocess.Popen | None = None
+
+
 def pytest_configure(config):
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    is_worker = hasattr(config, "workerinput")
+    if not is_worker and os.environ.get(BUSY_ENV, "1") != "0" and sys.platform.startswith("linux"):
+        _start_busy()
 
 
-def _reap() -> None:
-    while True:
+def _start_busy() -> None:
+    global _busy
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _busy = subprocess.Popen([sys.executable, "-m", "tests.busy"], cwd=root, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    line = _busy.stdout.readline()  # its first TIME_WAIT batch is in place
+    if line.strip() != "ready":
+        _busy.kill()
+        _busy.wait()
+        raise pytest.UsageError("the busy-machine process (tests/busy.py) did not start; ADDRINUSE_TEST_BUSY=0 skips it")
+    os.environ[BUSY_PID_ENV] = str(_busy.pid)  # workers inherit it: the busy_machine fixture checks it
+
+
+def pytest_unconfigure(config):
+    global _busy
+    if _busy is not None:
+        _busy.terminate()  # by its pid: the one process this run started for it
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            _busy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _busy.kill()
+            _busy.wait()
+        _busy.stdin.close()
+        _busy.stdout.close()
+        _busy = None
+        os.environ.pop(BUSY_PID_ENV, None)
 
 
-def _living_children() -> list[psutil.Process]:
-    _reap()
-    alive = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+@pytest.fixture(scope="session", autouse=True)
+def busy_machine():
+    """The busy-machine process, alive for the whole session (None when turned off)."""
+    pid = os.environ.get(BUSY_PID_ENV)
+    if pid is None:
+        yield None
+        return
+    proc = psutil.Process(int(pid))
+    assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE, "tests/busy.py died"
+    yield proc
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_process():
-    before = {p.pid for p in _living_children()}
+    before = {p.pid for p in living_children()}
     yield
     deadline = time.monotonic() + 5
     while True:
-        leaked = [p for p in _living_children() if p.pid not in before]
+        leaked = [p for p in living_children() if p.pid not in before]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.02)
     for proc in leaked:
         proc.kill()
-    _reap()
+    reap()
     assert not leaked, f"processes left behind: {[(p.pid, p.cmdline()) for p in leaked]}"
 
 

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from addrinuse.conntable import snapshot
+from addrinuse.conntable.match import bound_here, same_connection
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
@@ -21,22 +22,53 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str 
         time.sleep(interval)
 
 
-def local(port: int, state: str) -> list:
-    """Entries in `state` whose local port is `port`."""
-    return [e for e in snapshot(port, [state]) if e.lport == port]
+def local(port: int, state: str, host: str = "127.0.0.1") -> list:
+    """Entries in `state` whose local address:port is host:port (a server's side). The port alone is
+    not enough: other programs' connections between other addresses reuse the same port numbers
+    (the busy-machine fixture in conftest makes sure of it)."""
+    return [e for e in snapshot(port, [state], local=True) if bound_here(e, host, port)]
 
 
-def wait_local(port: int, state: str, count: int, timeout: float = 5.0) -> list:
-    return wait_for(lambda: (lambda es: es if len(es) == count else None)(local(port, state)),
-                    timeout, what=f"{count} {state} entries on local port {port}")
+def wait_local(port: int, state: str, count: int, timeout: float = 5.0, host: str = "127.0.0.1") -> list:
+    return wait_for(lambda: (lambda es: es if len(es) == count else None)(local(port, state, host)),
+                    timeout, what=f"{count} {state} entries on {host}:{port}")
+
+
+def reap() -> None:
+    """Collect every exited child (this process is a subreaper: orphans of the tool land here)."""
+    import os
+
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def living_children() -> list:
+    """Every living (non-zombie) descendant of this process."""
+    import psutil
+
+    reap()
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def has_ss() -> bool:
     return shutil.which("ss") is not None
 
 
-def ss_rows(port: int) -> set[tuple]:
-    """(local port, remote port, state) rows that `ss -tanH` shows for a port, in psutil's spelling."""
+def ss_rows(port: int, host: str | None = None) -> set[tuple]:
+    """(laddr, lport, raddr, rport, state) rows that `ss -tanH` shows for a port, in psutil's
+    spelling; with `host`, only rows with that local or remote address."""
     out = subprocess.run(["ss", "-tanH", f"( sport = :{port} or dport = :{port} )"], capture_output=True,
                          text=True, check=True).stdout
     names = {"ESTAB": "ESTABLISHED", "TIME-WAIT": "TIME_WAIT", "FIN-WAIT-1": "FIN_WAIT1", "FIN-WAIT-2": "FIN_WAIT2",
@@ -45,19 +77,39 @@ def ss_rows(port: int) -> set[tuple]:
     rows = set()
     for line in out.splitlines():
         state, _, _, local_ep, peer_ep = line.split()[:5]
-        rport = peer_ep.rsplit(":", 1)[1]
-        rows.add((int(local_ep.rsplit(":", 1)[1]), 0 if rport == "*" else int(rport), names[state]))
+        laddr, lport = local_ep.rsplit(":", 1)
+        raddr, rport = peer_ep.rsplit(":", 1)
+        laddr, raddr = laddr.strip("[]"), raddr.strip("[]")
+        if host is not None and host not in (laddr, raddr):
+            continue
+        rows.add((laddr, int(lport), "*" if rport == "*" else raddr, 0 if rport == "*" else int(rport), names[state]))
     return rows
 
 
-def client_side(server_port: int, client_ports, state: str) -> list:
-    """Our clients' entries: local port among ours AND remote port the server's. A client port alone
-    is not enough: connect() gives the same ephemeral port to connections to other destinations."""
-    ports = set(client_ports)
-    return [e for e in snapshot(server_port, [state]) if e.rport == server_port and e.lport in ports]
+def client_side(server_port: int, client_ports, state: str, host: str = "127.0.0.1") -> list:
+    """Our clients' entries, by 4-tuple: local host:port among ours AND remote host:server_port. A
+    client port alone is not enough: connect() gives the same ephemeral port to connections to other
+    destinations, and other programs use the same numbers between other addresses."""
+    return [e for e in snapshot(server_port, [state]) if any(
+        same_connection(e, (host, p), (host, server_port)) for p in set(client_ports))]
 
 
-def wait_client_side(server_port: int, client_ports, state: str, timeout: float = 5.0) -> list:
+def wait_client_side(server_port: int, client_ports, state: str, timeout: float = 5.0, host: str = "127.0.0.1") -> list:
     want = len(set(client_ports))
-    return wait_for(lambda: (lambda es: es if len(es) == want else None)(client_side(server_port, client_ports, state)),
-                    timeout, what=f"{want} client-side {state} entries toward port {server_port}")
+    return wait_for(lambda: (lambda es: es if len(es) == want else None)(client_side(server_port, client_ports, state, host)),
+                    timeout, what=f"{want} client-side {state} entries toward {host}:{server_port}")
+
+
+def write_record(state_dir, stem: str, **fields) -> dict:
+    """A record file as the tool writes it (format marker and all), with fields overridden: for
+    tests that plant stale, reused, corrupt or hostile records."""
+    import json
+    import os
+
+    from addrinuse.registry import FORMAT, SUFFIX
+
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = {"format": FORMAT, "name": stem, "pid": os.getpid(), "create_time": 1.0, "host": "127.0.0.1", "port": 1,
+            "close": "never", **fields}
+    (state_dir / f"{stem}{SUFFIX}").write_text(json.dumps(data))
+    return data

@@ -8,7 +8,6 @@ import socket
 
 import pytest
 
-from addrinuse.conntable import snapshot
 from tests.helpers import has_ss, local, ss_rows, wait_client_side, wait_for, wait_local
 
 
@@ -168,7 +167,7 @@ def test_start_with_given_port_and_name_and_duplicate_name_refused(run):
     rec = start(run, "--port", port, "--name", "web")
     assert (rec["port"], rec["name"]) == (port, "web")
     dup = run("start", "--name", "web")
-    assert dup.exit_code == 2 and "already running" in dup.stderr
+    assert dup.exit_code == 2 and "name web is taken" in dup.stderr
     run("kill", "web")
 
 
@@ -187,15 +186,23 @@ def test_table_json_and_state_filter(run):
     run("connect", rec["port"])
     wait_local(rec["port"], "CLOSE_WAIT", 1)
     data = run("table", "--port", rec["port"], "--json").json()
-    by_state = {e["state"]: e for e in data["entries"]}
+    # The server's side only (its address and port): other addresses reuse the port number.
+    by_state = {e["state"]: e for e in data["entries"] if (e["laddr"], e["lport"]) == ("127.0.0.1", rec["port"])}
     assert {"LISTEN", "CLOSE_WAIT"} <= by_state.keys()
     assert [o["pid"] for o in by_state["LISTEN"]["owners"]] == [rec["pid"]]
     assert {"laddr", "lport", "raddr", "rport", "state", "owners", "expires_in_s"} <= by_state["LISTEN"].keys()
-    only = run("table", "--port", rec["port"], "--state", "close-wait", "--json").json()
+    only = run("table", "--port", rec["port"], "--host", "127.0.0.1", "--state", "close-wait", "--json").json()
     assert [e["state"] for e in only["entries"]] == ["CLOSE_WAIT"]
     text = run("table", "--port", rec["port"]).stdout
     assert text.splitlines()[0].startswith("PROTO") and "CLOSE_WAIT" in text
     run("kill", rec["name"])
+
+
+def table_rows(run, port: int) -> set[tuple]:
+    """(laddr, lport, raddr, rport, state) of our address only: other programs' connections between
+    other addresses use the same port numbers and change under us while the two tools look."""
+    entries = run("table", "--port", port, "--host", "127.0.0.1", "--json").json()["entries"]
+    return {(e["laddr"], e["lport"], e["raddr"], e["rport"], e["state"]) for e in entries}
 
 
 @pytest.mark.skipif(not has_ss(), reason="ss (iproute2) is not installed")
@@ -208,16 +215,16 @@ def test_table_agrees_with_ss(run):
     # The server's ACK of each client FIN may be a delayed ACK (tens of ms): until it lands, the client
     # is in FIN_WAIT1. Compare a settled table, or the two tools see two different instants.
     wait_client_side(rec["port"], clients, "FIN_WAIT2")
-    mine = {(e["lport"], e["rport"], e["state"]) for e in run("table", "--port", rec["port"], "--json").json()["entries"]}
-    assert mine == ss_rows(rec["port"])
-    ours = {row for row in mine if row[0] == rec["port"] or row[0] in clients}
+    mine = table_rows(run, rec["port"])
+    assert mine == ss_rows(rec["port"], "127.0.0.1")
+    # Ours by address and port: the server's 127.0.0.1:P side, and our clients' 127.0.0.1:C -> P.
+    ours = {row for row in mine if row[:2] == ("127.0.0.1", rec["port"]) or (row[1] in clients and row[3] == rec["port"])}
     assert len(ours) == 1 + 5 + 5  # listener, 5 CLOSE_WAIT server sides, 5 FIN_WAIT2 client sides
     run("kill", rec["name"])
     # The server was the passive closer (CLOSE_WAIT -> LAST_ACK): TIME_WAIT lands on the clients' side.
     wait_client_side(rec["port"], clients, "TIME_WAIT")
     wait_for(lambda: not local(rec["port"], "LAST_ACK"), what="the server's LAST_ACK entries to go")
-    mine = {(e["lport"], e["rport"], e["state"]) for e in run("table", "--port", rec["port"], "--json").json()["entries"]}
-    assert mine == ss_rows(rec["port"])
+    assert table_rows(run, rec["port"]) == ss_rows(rec["port"], "127.0.0.1")
 
 
 def test_servers_lists_running_records(run):

@@ -81,11 +81,28 @@ def run(args: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         return fail(f"{err.strerror or err}{where}", EXIT_FAILED, as_json)
     except Exception as err:  # a bug: still one line; ADDRINUSE_DEBUG=1 shows the traceback
+        interrupt = _interrupt_inside(err)
+        if interrupt is not None:
+            # Python wrapped the interrupt (a signal during class creation becomes "RuntimeError:
+            # Error calling __set_name__"): it is still the user's Ctrl-C, not a bug.
+            code = exit_code_for(interrupt)
+            return fail(f"{EXIT_CODES.get(code, ('interrupted',))[0]}; everything this command started was stopped",
+                        code, as_json)
         if os.environ.get("ADDRINUSE_DEBUG"):
             raise
         return fail(f"internal error ({type(err).__name__}: {err}); rerun with ADDRINUSE_DEBUG=1 and report it",
                     EXIT_FAILED, as_json)
     return code if isinstance(code, int) else 0
+
+
+def _interrupt_inside(err: BaseException) -> KeyboardInterrupt | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 @click.group(cls=AddrinuseGroup, context_settings={"help_option_names": ["-h", "--help"]})

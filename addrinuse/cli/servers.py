@@ -7,8 +7,10 @@ import signal
 import click
 
 from addrinuse.cli.app import cli, emit
-from addrinuse.cli.options import PortType, clients_option, host_option, json_option, public_option
+from addrinuse.cli.options import PortType, Seconds, clients_option, host_option, json_option, public_option
 from addrinuse.errors import EXIT_FAILED, BadInput
+
+STOP_SIGNALS = ["TERM", "INT", "HUP", "QUIT", "KILL"]  # registry.STOP_SIGNALS, without importing it at start-up
 
 
 def registry(ctx: click.Context):
@@ -37,9 +39,13 @@ def hold_until_interrupt(announce) -> None:
         pass
 
 
-@cli.command()
+BUILTIN_ONLY = ("reuseaddr", "reuseport", "close_policy", "linger0", "foreground")
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
 @host_option
-@click.option("--port", type=PortType(), default=0, show_default=True, help="Port to listen on; 0 lets the kernel pick.")
+@click.option("--port", type=PortType(), default=0, show_default=True,
+              help="Port to listen on; 0 lets the kernel pick (for a command: a free port fills {port}).")
 @click.option("--reuseaddr/--no-reuseaddr", default=False, show_default=True, help="Set SO_REUSEADDR before bind().")
 @click.option("--reuseport", is_flag=True, help="Set SO_REUSEPORT before bind().")
 @click.option("--close", "close_policy", type=click.Choice(["server-first", "client-first", "never"]),
@@ -47,30 +53,45 @@ def hold_until_interrupt(announce) -> None:
 @click.option("--linger0", is_flag=True, help="SO_LINGER {on, 0} on accepted sockets: close() sends RST, no TIME_WAIT.")
 @click.option("--name", help="Name for the server record (default srv-PORT): letters, digits, '.', '_', '-'.")
 @click.option("--foreground", is_flag=True, help="Serve in this process until Ctrl-C.")
+@click.option("--stop-signal", type=click.Choice(STOP_SIGNALS), default="TERM", show_default=True,
+              help="The signal 'addrinuse kill' sends this server unless told otherwise.")
 @public_option
 @json_option
+@click.argument("command", nargs=-1, metavar="[-- CMD ARGS...]")
 @click.pass_context
-def start(ctx, host, port, reuseaddr, reuseport, close_policy, linger0, name, foreground, allow_public, as_json):
+def start(ctx, host, port, reuseaddr, reuseport, close_policy, linger0, name, foreground, stop_signal, allow_public,
+          as_json, command):
     """Start a real server process that listens, accepts and follows a close policy.
 
     Returns once the server listens and is recorded. Default: no SO_REUSEADDR, server closes first.
+    After `--`, your own server instead: its argv with {port} where the port goes; it is ready when
+    the connection table shows it listening on --host and the port, and recorded like the built-in one.
 
     \b
     Example:
       addrinuse start --port 8080 --close server-first
+      addrinuse start --name web -- python3 -m http.server {port} --bind 127.0.0.1
     """
     from addrinuse.control import run_foreground, start_server
     from addrinuse.server import ServerConfig
     from addrinuse.sockets import require_loopback
 
     require_loopback(host, allow_public)
+    if command:
+        given = [p for p in BUILTIN_ONLY if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise BadInput(f"--{given[0].replace('_policy', '').replace('_', '-')} applies to the built-in server only: "
+                           f"set it in your command instead")
     config = ServerConfig(host=host, port=port, close=close_policy, reuseaddr=reuseaddr,
-                          reuseport=reuseport, linger0=linger0)
+                          reuseport=reuseport, linger0=linger0, command=tuple(command) or None, stop_signal=stop_signal)
     reg = registry(ctx)
 
     def announce(record):
         if as_json:
             emit(record.to_dict())
+        elif record.command:
+            click.echo(f"started {record.name} pid {record.pid} on {host}:{record.port}\n  ({' '.join(record.command)}; "
+                       f"stop signal {record.stop_signal})")
         else:
             opts = (f"SO_REUSEADDR {'on' if record.reuseaddr else 'off'}, "
                     f"SO_REUSEPORT {'on' if record.reuseport else 'off'}" + (", SO_LINGER 0" if record.linger0 else ""))
@@ -138,9 +159,10 @@ def connect(port, host, clients, hold, allow_public, as_json):
 @click.argument("name", required=False)
 @click.option("--port", type=PortType(allow_zero=False), help="Stop this tool's servers on this port.")
 @click.option("--all", "everything", is_flag=True, help="Stop every server this tool started.")
-@click.option("--signal", "sig", type=click.Choice(["TERM", "KILL", "INT"]), default="TERM", show_default=True,
-              help="The signal to send: TERM (graceful), INT, or KILL (no cleanup by the server).")
-@click.option("--timeout", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+@click.option("--signal", "sig", type=click.Choice(STOP_SIGNALS),
+              help="The signal to send: TERM (graceful), INT, HUP, QUIT, or KILL (no cleanup by the server). "
+                   "Default: the server's stop signal (TERM unless 'start --stop-signal' said otherwise).")
+@click.option("--timeout", type=Seconds(0, 3600), default=5.0, show_default=True,
               help="How long to wait for each server to exit. 0 does not wait.")
 @json_option
 @click.pass_context
@@ -159,7 +181,7 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
 
     if sum(x is not None and x is not False for x in (name, port, everything)) > 1:
         raise BadInput("give only one of NAME, --port N or --all")
-    report = stop_servers(registry(ctx), name, port, everything, getattr(signal, f"SIG{sig}"), timeout)
+    report = stop_servers(registry(ctx), name, port, everything, getattr(signal, f"SIG{sig}") if sig else None, timeout)
     report_problems(report.problems)
     source = get_backend("auto")
     try:
@@ -169,15 +191,15 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
     finally:
         source.close()
     if as_json:
-        emit({"stopped": [{**o.to_dict(), "signal": sig, "entries": [e.to_dict() for e in left[o.record.name]]}
+        emit({"stopped": [{**o.to_dict(), "entries": [e.to_dict() for e in left[o.record.name]]}
                           for o in report.stopped],
               "problems": [p.reason for p in report.problems]})
     else:
         for o in report.stopped:
             if o.exited:
-                click.echo(f"stopped {o.record.name} (pid {o.record.pid}, SIG{sig}) in {o.waited_s * 1000:.0f} ms")
+                click.echo(f"stopped {o.record.name} (pid {o.record.pid}, SIG{o.signal}) in {o.waited_s * 1000:.0f} ms")
             else:
-                click.echo(f"{o.record.name} (pid {o.record.pid}) still runs {timeout:g} s after SIG{sig}: "
+                click.echo(f"{o.record.name} (pid {o.record.pid}) still runs {timeout:g} s after SIG{o.signal}: "
                            f"try --signal KILL")
             entries = left[o.record.name]
             click.echo(f"  it left {len(entries)} entries on {o.record.host}:{o.record.port}" + (":" if entries else ""))
@@ -190,24 +212,34 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
 
 
 @cli.command()
+@click.option("--prune", is_flag=True, help="Remove corrupt and stale records (never a file this tool did not write).")
 @json_option
 @click.pass_context
-def servers(ctx, as_json):
+def servers(ctx, prune, as_json):
     """List the servers this tool started that still run (stale records are reported and removed).
+
+    A corrupt record is reported and kept until --prune; a file the tool did not write is left alone.
 
     \b
     Example:
       addrinuse servers
+      addrinuse servers --prune
     """
-    records, problems = registry(ctx).load()
+    reg = registry(ctx)
+    pruned = reg.prune() if prune else []
+    for problem in pruned:
+        click.echo(f"addrinuse: pruned {problem.path}", err=True)
+    records, problems = reg.load()
     report_problems(problems)
     if as_json:
-        emit({"servers": [r.to_dict() for r in records], "problems": [p.reason for p in problems]})
+        emit({"servers": [r.to_dict() for r in records], "problems": [p.reason for p in problems],
+              "pruned": [p.path for p in pruned]})
         return
     click.echo(f"{'NAME':<20} {'PID':>7}  {'ADDRESS':<24} {'REUSEADDR':<9} {'CLOSE':<12}")
     for r in records:
         address = f"[{r.host}]:{r.port}" if ":" in r.host else f"{r.host}:{r.port}"
-        click.echo(f"{r.name[:20]:<20} {r.pid:>7}  {address:<24} {'on' if r.reuseaddr else 'off':<9} {r.close:<12}")
+        close = r.close or "(command)"
+        click.echo(f"{r.name[:20]:<20} {r.pid:>7}  {address:<24} {'on' if r.reuseaddr else 'off':<9} {close:<12}")
 
 
 @cli.command()
@@ -233,7 +265,12 @@ def demo(ctx, host, clients, as_json):
         if not as_json:
             click.echo(f"{step.title}\n" + "\n".join(f"   {line}" for line in step.lines))
 
-    result = run_demo(registry(ctx), host, clients, show)
+    from addrinuse.registry import MemoryRegistry
+
+    # In memory: the demo's servers are tied to this process (they die with it, SIGKILL included)
+    # and nothing touches the disk; the with-block ends any that a failure left running.
+    with MemoryRegistry() as reg:
+        result = run_demo(reg, host, clients, show)
     if as_json:
         emit(result.to_dict())
     elif result.reproduced:
