@@ -34,7 +34,7 @@ import threading
 import time
 
 from addrinuse.conntable import KERNEL_STATES, Entry
-from addrinuse.conntable.netlink import NetlinkBackend, state_mask
+from addrinuse.conntable.netlink import NetlinkBackend
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -178,17 +178,13 @@ class Agent:
         return out
 
     def op_table(self, port: int = 0) -> list[dict]:
-        """sock_diag in this namespace, all states, without the owner scan of /proc (not needed
-        here, and a scan of every process per poll would dominate the poll's cost)."""
+        """sock_diag in this namespace, every connection state, both sides of the port in one walk.
+        Owners are cached between polls (one readlink per known holder): a scan of every process
+        per poll would dominate the poll's cost."""
         with self.lock:
             if self.diag is None:
-                self.diag = NetlinkBackend()
-            filters = [(0, 0)] if not port else [(port, 0), (0, port)]
-            found = {}
-            for sport, dport in filters:
-                for entry in self.diag._dump_both(state_mask(None), sport, dport):
-                    found[entry.key] = entry
-        return [e.to_dict() for e in found.values()]
+                self.diag = NetlinkBackend(cache_owners=True)
+            return [e.to_dict() for e in self.diag.snapshot(port or None)]
 
     def op_destroy(self, entry: dict) -> int:
         with self.lock:
