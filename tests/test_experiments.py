@@ -263,19 +263,14 @@ def _killed_runner(path: Path, server_step: str, while_running=lambda runner: No
         runner.wait()
 
 
-def test_a_killed_runners_temp_dir_is_removed_by_the_next_run(tmp_path):
-    """SIGKILL leaves the runner no chance to clean up; the next run removes what a dead pid left:
-    its temp dir, and the built-in server recorded there."""
-    from addrinuse.experiments.runner import sweep_stale
-
-    def temp_dir(runner):
-        pattern = os.path.join(tempfile.gettempdir(), f"addrinuse-experiment-{runner.pid}-*")
-        return wait_for(lambda: glob.glob(pattern), 5, what="the runner's temp dir")
-
-    server, left = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\n\n', temp_dir)
-    assert not _gone(server)  # the built-in server outlives a SIGKILLed runner (until registry.MemoryRegistry)
-    assert set(left) <= set(sweep_stale()) and not any(os.path.exists(p) for p in left)
-    wait_for(lambda: _gone(server), 5, what="the sweep to stop the dead run's server")
+def test_a_killed_runner_leaves_no_server_and_no_file(tmp_path):
+    """SIGKILL leaves the runner no chance to clean up: its built-in servers are recorded in memory
+    only and die with it (PR_SET_PDEATHSIG), and it made no temp dir."""
+    before = set(os.listdir(tempfile.gettempdir()))
+    server, _ = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\n\n')
+    wait_for(lambda: _gone(server), 10, what=f"the built-in server {server} to die with its runner")
+    made = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("addrinuse")}
+    assert made == set()
 
 
 def test_the_users_server_dies_with_a_killed_runner(tmp_path):

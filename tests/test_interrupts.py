@@ -197,10 +197,32 @@ def trial(command: str, sig: int, delay: float, python: str = sys.executable, py
     return outcome
 
 
-def plan(rng: random.Random, commands, count: int):
+def calibrate(command: str, python: str = sys.executable, pythonpath: str | None = None) -> float:
+    """How long the command takes here and now, uninterrupted: a busy machine stretches every
+    command, and delays drawn from a figure measured on a quiet one would mostly land after the end."""
+    import shutil
+
+    argv, _ = COMMANDS[command]
+    root = Path(tempfile.mkdtemp(prefix="irq-cal-"))
+    env = {**os.environ, "ADDRINUSE_STATE_DIR": str(root / "state")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    try:
+        began = time.monotonic()
+        subprocess.run([python, "-m", "addrinuse", *argv], capture_output=True, env=env, cwd=root, timeout=60)
+        took = time.monotonic() - began
+        subprocess.run([python, "-m", "addrinuse", "kill", "--all"], capture_output=True, env=env, cwd=root,
+                       timeout=60)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return took
+
+
+def plan(rng: random.Random, commands, count: int, durations: dict | None = None):
+    durations = durations or {c: COMMANDS[c][1] for c in commands}
     for _ in range(count):
         command = rng.choice(commands)
-        yield command, rng.choice(SIGNALS), rng.uniform(0, 1.3 * COMMANDS[command][1])
+        yield command, rng.choice(SIGNALS), rng.uniform(0, 1.3 * durations[command])
 
 
 def _describe(bad: list[Outcome]) -> str:
@@ -209,34 +231,17 @@ def _describe(bad: list[Outcome]) -> str:
                      f"    stderr: {o.stderr.strip()[-400:]}" for o in bad)
 
 
-def _experiments_use_memory_registry() -> bool:
-    """Until branch engine moves experiment runs to registry.MemoryRegistry, a run keeps a temp state
-    dir and detached servers, which only a handled signal can clean: SIGKILL cannot be survived."""
-    import addrinuse.experiments as experiments
-
-    source = Path(experiments.__file__).read_text()
-    return "MemoryRegistry" in source and "mkdtemp" not in source
-
-
 # 15 trials each: 45 interrupts, seeded so a failure reproduces; ~20 s on 2 busy cores.
 @pytest.mark.parametrize("command", ["start", "demo", "experiment"])
 def test_random_interrupts_leave_nothing_behind(command):
     rng = random.Random(f"interrupts-{command}")
     outcomes = []
-    for cmd, sig, delay in plan(rng, [command], 15):
-        if cmd == "experiment" and sig == signal.SIGKILL and not _experiments_use_memory_registry():
-            continue  # see _experiments_use_memory_registry; counted in the report of the large run
+    for cmd, sig, delay in plan(rng, [command], 15, {command: calibrate(command)}):
         outcomes.append(trial(cmd, sig, delay))
     bad = [o for o in outcomes if not o.clean]
     assert not bad, _describe(bad)
     # Not vacuous: the signals landed while the command ran, not only after it ended.
     assert sum(o.signalled for o in outcomes) >= len(outcomes) // 2
-
-
-@pytest.mark.skipif(_experiments_use_memory_registry(), reason="experiment runs are on MemoryRegistry")
-def test_sigkill_of_an_experiment_run_waits_for_branch_engine():
-    pytest.skip("experiment runs still keep a temp state dir and detached servers (experiments.py, branch "
-                "engine): SIGKILL leaves them until they use registry.MemoryRegistry")
 
 
 def summarize(outcomes: list[Outcome]) -> dict:

@@ -2,11 +2,12 @@
 
 Each run has its own server registry and only kernel-picked ports (unless a file names one), so
 runs in parallel do not disturb each other. Everything a run started is undone in `finally`,
-whatever happened: sockets closed, servers stopped, deferred clean-ups run, the temp dir removed."""
+whatever happened: sockets closed, servers stopped, deferred clean-ups run. Servers are recorded
+in memory only (registry.MemoryRegistry) and tied to the runner's life (PR_SET_PDEATHSIG), so even
+a SIGKILL of the runner leaves no process and no file behind."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 from typing import Callable
@@ -22,64 +23,6 @@ PROGRESS_AFTER_S = 1.0  # a wait shorter than this reports no progress
 
 class StepFailed(Exception):
     """A step returned ok = false and no expectation checks that step: nothing after it means anything."""
-
-
-TEMP_PREFIX = "addrinuse-experiment-"
-
-
-def _registry():
-    """(registry, temp dir or None). registry.MemoryRegistry, where it exists, keeps records in memory
-    and makes its servers die with this process; until then a private temp dir holds them, named
-    after this pid so that a later run can remove it if this one is SIGKILLed (sweep_stale)."""
-    from addrinuse import registry
-
-    if hasattr(registry, "MemoryRegistry"):
-        return registry.MemoryRegistry(), None
-    import os
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
-    return registry.Registry(path), path
-
-
-def sweep_stale() -> list[str]:
-    """Remove the temp dirs of runs whose process is gone (SIGKILL leaves no chance to clean up), and
-    stop the built-in servers recorded in them: only private directories (0700, not symlinks) owned
-    by this user, named after a pid that no longer runs."""
-    import os
-    import stat
-    import tempfile
-
-    import psutil
-
-    removed, root = [], tempfile.gettempdir()
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(TEMP_PREFIX)]
-    except OSError:
-        return removed
-    for name in names:
-        pid = name[len(TEMP_PREFIX):].split("-")[0]
-        path = os.path.join(root, name)
-        try:
-            info = os.lstat(path)
-            alive = pid.isdigit() and psutil.pid_exists(int(pid)) and \
-                psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
-        except (OSError, psutil.Error):
-            continue
-        if not alive and pid.isdigit() and stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() \
-                and not stat.S_IMODE(info.st_mode) & 0o077:
-            # Servers the dead run recorded there are stopped first: records carry pid + create time,
-            # so a reused pid is never signalled (registry.process_state).
-            from addrinuse.control import stop_servers
-            from addrinuse.registry import Registry
-
-            try:
-                stop_servers(Registry(path), everything=True, sig=9, timeout=2.0)
-            except AddrinuseError:
-                pass
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 class Runner:
@@ -99,7 +42,7 @@ class Runner:
         self.scenario, self.backend = scenario, backend
         self.on_step = on_step or (lambda row: None)
         self.on_progress = on_progress or (lambda text: None)
-        self._registry, self._temp_dir = None, None
+        self._registry = None
         self.sockets: dict[str, socket.socket] = {}
         self.servers: dict = {}
         self.results: dict[str, dict] = {}
@@ -112,9 +55,11 @@ class Runner:
     # -- what actions use -------------------------------------------------------------------
     @property
     def registry(self):
-        """Created on first use: a run that starts no built-in server makes no temp dir."""
+        """Created on first use, in memory: its servers die with this process whatever ends it."""
         if self._registry is None:
-            self._registry, self._temp_dir = _registry()
+            from addrinuse.registry import MemoryRegistry
+
+            self._registry = MemoryRegistry()
         return self._registry
 
     def port(self, ref) -> int:
@@ -162,7 +107,6 @@ class Runner:
         began = time.monotonic()
         checked = {e.step for e in self.scenario.expect}
         table = actions()
-        sweep_stale()
         try:
             for step in self.scenario.steps:
                 self.step, self._wait_began = step.id, time.monotonic()
@@ -189,8 +133,6 @@ class Runner:
             try:
                 self.cleanup()
             finally:
-                if self._temp_dir:
-                    shutil.rmtree(self._temp_dir, ignore_errors=True)
                 self.report.duration_s = time.monotonic() - began
         self.report.results = self.results
         return self.report
@@ -210,7 +152,10 @@ class Runner:
         if self._registry is not None:
             from addrinuse.control import stop_servers
 
-            stop_servers(self._registry, everything=True, sig=9)
+            try:
+                stop_servers(self._registry, everything=True, sig=9)
+            finally:
+                self._registry.close()
         if errors:
             raise errors[0]
 
