@@ -33,7 +33,9 @@ class ConnectResult:
     server_closed_first: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["clients"] = out.pop("count")  # docs/json.md: a number of client connections is `clients`
+        return {k: out[k] for k in ("host", "port", "clients", "local_ports", "policy", "server_closed_first")}
 
 
 def open_connections(host: str, port: int, count: int, timeout: float = 5.0) -> list[socket.socket]:
