@@ -20,7 +20,6 @@ import psutil
 import pytest
 
 from addrinuse import tracepoint
-from addrinuse.errors import LabUnavailable
 from addrinuse.lab import Lab, unavailable_reason
 from addrinuse.lab import scenarios
 from addrinuse.lab.observe import ALL_STATES
@@ -162,28 +161,14 @@ def test_two_labs_at_once_get_different_subnets():
 def test_not_root_gets_the_skip_reason():
     """A forked child drops to nobody (the modules are already imported, so it needs no file of the
     project) and tries to build a lab: the typed error, whose message is the skip reason."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            try:
-                Lab(trace=()).__enter__()
-                msg = "built a lab"
-            except LabUnavailable as err:
-                msg = f"LabUnavailable: {err}"
-            except BaseException as err:
-                msg = repr(err)
-            os.write(w, msg.encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    out = os.read(r, 4096).decode()
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert out.startswith("LabUnavailable: ") and "needs root" in out
+    from tests.helpers import as_nobody
+
+    def build():
+        Lab(trace=()).__enter__()
+        return "built a lab"
+
+    out = as_nobody(build)
+    assert out["error"].startswith("LabUnavailable: ") and "needs root" in out["error"]
 
 
 HOLDER = textwrap.dedent("""
