@@ -22,7 +22,7 @@ report    an experiment report dict {"name", "purpose", "passed", "skipped": nul
 # Imported on first use (PEP 562): `watch --svg` loads the count chart, not the report or the sequence.
 _HOME = {"CountRecorder": "adapt", "closeseq_to_sequence": "adapt", "demo_report": "adapt", "checks_svg": "checks",
          "counts_svg": "counts", "figures_for": "report", "report_html": "report", "sequence_svg": "sequence",
-         "ReportFiles": "write", "write_report": "write", "write_svg": "write"}
+         "ReportFiles": "write", "check_svg_path": "write", "write_report": "write", "write_svg": "write"}
 __all__ = sorted(_HOME)
 
 
