@@ -40,6 +40,26 @@ def open_tracer(port: int | None, t0: float):
     return tracer, None
 
 
+class _Whole:
+    """Signals held while one event is counted and shown: a Ctrl-C or SIGTERM lands between two
+    lines, never inside one (half a JSON line before the summary) nor between its count and its
+    line (a summary counting a change nobody saw). entry.py's handlers run once it is released."""
+
+    SIGNALS = None
+
+    def __enter__(self):
+        import signal
+
+        if _Whole.SIGNALS is None:
+            _Whole.SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, _Whole.SIGNALS)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+
+
 def _due(began: float, interval: float, k: int, duration: float | None) -> float:
     """The period is held: poll k is due at began + k * interval, whatever a poll cost; one that
     overran is not made up for by a burst (the next is due at the next whole period)."""
@@ -61,8 +81,9 @@ def poll(w: Watch, source, began: float, started, show, recorder=None) -> dict:
             now = time.monotonic() - began
             if recorder is not None:
                 recorder.add(now, entries)
-            for ev in tracker.update(entries, now):
-                show(ev.to_dict())
+            with _Whole():
+                for ev in tracker.update(entries, now):
+                    show(ev.to_dict())
             if (w.until_empty and tracker.live == 0) or (w.duration and now >= w.duration):
                 break
             k += 1
@@ -98,10 +119,11 @@ def trace(w: Watch, tracer, began: float, started, show, recorder=None, source=N
                     continue
                 for t in stream.feed(event):
                     if wanted(t, w.states):
-                        kinds[t.event if t.event == "handoff" else t.source] += 1
-                        if t.event != "handoff":
-                            entered[t.state] += 1
-                        show(t.to_dict())
+                        with _Whole():
+                            kinds[t.event if t.event == "handoff" else t.source] += 1
+                            if t.event != "handoff":
+                                entered[t.state] += 1
+                            show(t.to_dict())
                 if sample is not None and time.monotonic() >= sample:
                     break
     except KeyboardInterrupt:

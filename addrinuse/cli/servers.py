@@ -307,5 +307,8 @@ def _demo_report(report_dir: str, result, counts, duration_s: float) -> None:
     figure = {"kind": "counts", **counts.to_dict()}
     files = write_report(report_dir, [demo_report(result.to_dict(), duration_s, figures=[figure])],
                          title="addrinuse demo")
-    click.echo(f"report: {files.report} and {len(files.figures)} figures ({files.total_bytes / 1024:.0f} kB)",
-               err=True)
+    from addrinuse.render import fit
+
+    # The path on a line of its own when the whole does not fit: a path is never broken.
+    click.echo(fit(f"report ({len(files.figures)} figures, {files.total_bytes / 1024:.0f} kB):", str(files.report),
+                   indent=2), err=True)

@@ -193,9 +193,10 @@ def _what(port, host) -> str:
 
 def _started(text: str, header: str, as_json: bool) -> None:
     """The start line (on stderr with --json), ending as bcc's tools do, then the column header."""
-    from addrinuse.render import wrap
+    from addrinuse.render import fit, wrap
 
-    click.echo(wrap(text + " Ctrl-C to end.", "", "  "), err=as_json)
+    *lines, last = wrap(text, "", "  ").split("\n")
+    click.echo("\n".join([*lines, fit(last, "Ctrl-C to end.", indent=2)]), err=as_json)  # never split
     if not as_json:
         click.echo(header)
 
@@ -214,7 +215,10 @@ def _write_chart(path: str, recorder, quiet: bool = False) -> None:
         if quiet:
             return
         raise
-    click.echo(f"chart: {written} ({written.stat().st_size / 1024:.0f} kB)", err=True)
+    from addrinuse.render import fit
+
+    # The path on a line of its own when the whole does not fit: a path is never broken.
+    click.echo(fit(f"chart ({written.stat().st_size / 1024:.0f} kB):", str(written), indent=2), err=True)
 
 
 @cli.command()
