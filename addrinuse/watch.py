@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+SLICE_S = 1.0
+
 
 @dataclass(frozen=True)
 class Watch:
@@ -34,9 +36,19 @@ def open_tracer(port: int | None, t0: float):
 
     try:
         tracer = Tracer(("state",), ports=(port,) if port else (), t0=t0, keep=False)
-        tracer.__enter__()
     except AddrinuseError as err:  # TracefsUnavailable: its message is the reason
         return None, str(err)
+    try:
+        # Started with SIGINT/TERM/HUP blocked, its reader thread keeps them blocked: the kernel
+        # then always delivers them to the main thread, whose wait for events they interrupt (a
+        # signal taken by another thread would leave that wait asleep).
+        with _Whole():
+            tracer.__enter__()
+    except AddrinuseError as err:  # it removed what it had made
+        return None, str(err)
+    except KeyboardInterrupt:  # arrived while it started: handled as the mask was lifted
+        tracer.close()
+        raise
     return tracer, None
 
 
@@ -106,14 +118,15 @@ def trace(w: Watch, tracer, began: float, started, show, recorder=None, source=N
     stream, entered, kinds = Transitions(), Counter(), Counter()
     end = began + w.duration if w.duration else None
     sample = began if recorder is not None else None
-    started()  # the instance is live: every change from now on is in its ring buffer
     try:
+        started()  # the instance is live: every change from now on is in its ring buffer
         while end is None or time.monotonic() < end:
             if sample is not None and time.monotonic() >= sample:
                 recorder.add(time.monotonic() - began, w.snapshot(source))
                 sample = _due(began, w.interval, int((time.monotonic() - began) / w.interval) + 1, None)
-            deadlines = [t for t in (end, sample) if t is not None]
-            for event in tracer.events(deadline=min(deadlines) if deadlines else None):
+            # A wait of at most SLICE_S: a signal is acted on within it whatever thread took it.
+            deadline = min(t for t in (end, sample, time.monotonic() + SLICE_S) if t is not None)
+            for event in tracer.events(deadline=deadline):
                 if w.address is not None and not (same_address(w.address, event.laddr)
                                                   or same_address(w.address, event.raddr)):
                     continue

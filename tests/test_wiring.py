@@ -98,15 +98,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_closes_first(port: int, family=socket.AF_INET, listen_on: str = "127.0.0.1") -> int:
-    """One connection to 127.0.0.1:port that the server's side closes first; the client closes after
-    a pause (so its FIN comes after the hand-off). Returns the client's port."""
+def listener(family=socket.AF_INET, addr: str = "127.0.0.1") -> socket.socket:
+    """A listener on a port the kernel picks, made before the watch starts (a port picked and
+    released first could meanwhile become someone's ephemeral port)."""
     lsn = socket.socket(family)
     if family == socket.AF_INET6:
         lsn.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsn.bind((listen_on, port))
+    lsn.bind((addr, 0))
     lsn.listen()
+    return lsn
+
+
+def server_closes_first(lsn: socket.socket) -> int:
+    """One connection to 127.0.0.1 on the listener's port that the server's side closes first; the
+    client closes after its FIN was ACKed (after the hand-off), then the listener closes. Returns
+    the client's port."""
+    port = lsn.getsockname()[1]
     try:
         with socket.create_connection(("127.0.0.1", port)) as client:
             server_side, _ = lsn.accept()
@@ -136,13 +143,14 @@ def mine(events: list[dict], port: int, client_port: int) -> list[tuple]:
 @needs_tracepoint
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_trace_streams_each_change_and_removes_its_instance(sig):
-    port = free_port()
+    lsn = listener()
+    port = lsn.getsockname()[1]
     watch = Watch("--port", port, "--host", "127.0.0.1", "--source", "trace", "--json")
     try:
         start = watch.wait_line(lambda line: "Ctrl-C to end." in line, "err")
         assert "tracepoint sock:inet_sock_set_state" in " ".join(watch.err)
         assert instances(watch.proc.pid), "no tracefs instance while tracing"
-        client_port = server_closes_first(port)
+        client_port = server_closes_first(lsn)
         # As it happens: the inferred start of TIME_WAIT arrives while the watch still runs.
         watch.wait_line(lambda line: f'"rport": {client_port}' in line and '"inferred"' in line)
         watch.wait_line(lambda line: f'"lport": {client_port}' in line and '"state": "CLOSED"' in line)
@@ -192,12 +200,13 @@ def test_trace_text_fits_80_columns_and_a_dual_stack_server_is_matched_to_its_ip
 
     if not has_ipv6_loopback():
         pytest.skip("no IPv6 on this machine: no dual-stack listener")
-    port = free_port()
+    lsn = listener(socket.AF_INET6, "::")
+    port = lsn.getsockname()[1]
     watch = Watch("--port", port, "--host", "127.0.0.1", "--source", "trace", "--state", "TIME_WAIT",
                   "--svg", tmp_path / "c.svg")
     try:
         watch.wait_line(lambda line: "Ctrl-C to end." in line)
-        client_port = server_closes_first(port, socket.AF_INET6, "::")
+        client_port = server_closes_first(lsn)
         line = watch.wait_line(lambda line: f"127.0.0.1:{client_port}" in line and "TIME_WAIT" in line)
     finally:
         assert watch.stop() == 0
@@ -229,7 +238,7 @@ def test_trace_falls_back_to_polling_and_says_so_where_there_is_no_tracepoint():
             summary = watch.events()[-1]
             assert summary["source"] == "poll" and "needs root" in summary["trace_unavailable"]
         else:
-            assert watch.out[-1].startswith("summary after") and max(map(len, watch.out)) <= 80
+            assert any(line.startswith("summary after") for line in watch.out) and max(map(len, watch.out)) <= 80
 
 
 def test_trace_refuses_until_empty_and_a_bad_svg_path_before_watching(run, tmp_path):
@@ -244,12 +253,13 @@ def test_trace_refuses_until_empty_and_a_bad_svg_path_before_watching(run, tmp_p
 # -- watch --svg ------------------------------------------------------------------------------------
 
 def test_svg_is_written_on_ctrl_c(tmp_path):
-    port = free_port()
+    lsn = listener()
+    port = lsn.getsockname()[1]
     target = tmp_path / "counts.svg"
     watch = Watch("--port", port, "--host", "127.0.0.1", "--svg", target, "--interval", "0.05")
     try:
         watch.wait_line(lambda line: "Ctrl-C to end." in line)
-        client_port = server_closes_first(port)
+        client_port = server_closes_first(lsn)
         watch.wait_line(lambda line: "TIME_WAIT" in line)  # its endpoints may be on the line above
     finally:
         assert watch.stop(signal.SIGINT) == 0

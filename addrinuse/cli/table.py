@@ -143,9 +143,10 @@ def watch(port, host, states, source_name, interval, duration, until_empty, svg_
         check_svg_path(svg_path)  # a bad path is refused before the watch starts (exit 2)
         recorder = CountRecorder(port, f"Entries per state on {_what(port, host)}")
     began = time.monotonic()
-    tracer, unavailable = open_tracer(port, began) if source_name == "trace" else (None, None)
-    source = None
+    tracer = unavailable = source = None
     try:
+        if source_name == "trace":
+            tracer, unavailable = open_tracer(port, began)
         if tracer is None or recorder is not None:
             source = get_backend(backend, cache_owners=True)
         scope = f"{_what(port, host)} (states: {', '.join(states) or 'all'})"
