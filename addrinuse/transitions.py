@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-MAX_PENDING = 65536
+MAX_PENDING = 16384  # ~3 MB at most
 FIN_SENT = {("CLOSE_WAIT", "LAST_ACK"), ("ESTABLISHED", "CLOSING"), ("ESTABLISHED", "FIN_WAIT1")}
 
 
