@@ -148,7 +148,7 @@ def test_trace_streams_each_change_and_removes_its_instance(sig):
     watch = Watch("--port", port, "--host", "127.0.0.1", "--source", "trace", "--json")
     try:
         start = watch.wait_line(lambda line: "Ctrl-C to end." in line, "err")
-        assert "tracepoint sock:inet_sock_set_state" in " ".join(watch.err)
+        assert start == f"Tracing 127.0.0.1:{port} at sock:inet_sock_set_state. Ctrl-C to end." == watch.err[0]
         assert instances(watch.proc.pid), "no tracefs instance while tracing"
         client_port = server_closes_first(lsn)
         # As it happens: the inferred start of TIME_WAIT arrives while the watch still runs.
@@ -212,7 +212,7 @@ def test_trace_text_fits_80_columns_and_a_dual_stack_server_is_matched_to_its_ip
         assert watch.stop() == 0
     assert line.split()[1:] == [f"127.0.0.1:{port}", f"127.0.0.1:{client_port}", "FIN_WAIT2>TIME_WAIT~"]
     assert max(map(len, watch.out)) <= 80 and max(map(len, watch.err)) <= 80
-    assert watch.out[0].endswith("Ctrl-C to end.") or "Ctrl-C to end." in " ".join(watch.out[:3])
+    assert watch.out[0] == f"Tracing 127.0.0.1:{port} (TIME_WAIT) at sock:inet_sock_set_state. Ctrl-C to end."
     assert "TIME_WAIT" in " ".join(watch.out) and "~ inferred from the peer's FIN" in " ".join(watch.out)
     # --state TIME_WAIT: changes into or out of it only.
     rows = [line for line in watch.out if line.startswith(" ") and "." in line.split()[0]]
@@ -232,8 +232,9 @@ def test_trace_falls_back_to_polling_and_says_so_where_there_is_no_tracepoint():
         watch = Watch("--port", free_port(), "--source", "trace", "--duration", "0.3",
                       *(["--json"] if as_json else []), prefix=nobody)
         assert watch.stop(None, timeout=30) == 0, watch.err
-        start = " ".join(" ".join((watch.err if as_json else watch.out)[:3]).split())
-        assert "not the tracepoint: the tracepoint needs root" in start and "Ctrl-C to end." in start
+        start = " ".join(" ".join((watch.err if as_json else watch.out)[:2]).split())
+        assert "the tracepoint is unavailable: the tracepoint needs root" in start
+        assert start.endswith("(netlink; no tracepoint). Ctrl-C to end.") and start.startswith("the tracepoint")
         if as_json:
             summary = watch.events()[-1]
             assert summary["source"] == "poll" and "needs root" in summary["trace_unavailable"]

@@ -149,20 +149,19 @@ def watch(port, host, states, source_name, interval, duration, until_empty, svg_
             tracer, unavailable = open_tracer(port, began)
         if tracer is None or recorder is not None:
             source = get_backend(backend, cache_owners=True)
-        scope = f"{_what(port, host)} (states: {', '.join(states) or 'all'})"
         if tracer is not None:
             from addrinuse.render.transitions import HEADER, transition
 
-            start = (f"Tracing TCP state changes on {scope} as the kernel makes them (tracepoint "
-                     f"sock:inet_sock_set_state).", HEADER)
-            data = trace(w, tracer, began, lambda: _started(*start, as_json), _shower(transition, as_json),
+            start = _start_lines(port, host, states, "Tracing", "at sock:inet_sock_set_state")
+            data = trace(w, tracer, began, lambda: _started(start, HEADER, as_json), _shower(transition, as_json),
                          recorder, source)
         else:
             from addrinuse.render.tables import EVENT_HEADER, event
 
-            why = f", not the tracepoint: {unavailable}." if unavailable else "."
-            start = (f"Watching TCP entries on {scope} every {interval:g} s with {source.name}{why}", EVENT_HEADER)
-            data = poll(w, source, began, lambda: _started(*start, as_json), _shower(event, as_json), recorder)
+            how = f"every {interval:g} s ({source.name}{'; no tracepoint' if unavailable else ''})"
+            start = _start_lines(port, host, states, "Polling" if unavailable else "Watching", how, unavailable)
+            data = poll(w, source, began, lambda: _started(start, EVENT_HEADER, as_json), _shower(event, as_json),
+                        recorder)
             if unavailable:
                 data["trace_unavailable"] = unavailable
     except BaseException:
@@ -192,12 +191,27 @@ def _what(port, host) -> str:
     return (f"port {port}" if port else "all ports") + (f" of {host}" if host else "")
 
 
-def _started(text: str, header: str, as_json: bool) -> None:
-    """The start line (on stderr with --json), ending as bcc's tools do, then the column header."""
-    from addrinuse.render import fit, wrap
+def _start_lines(port, host, states, verb: str, how: str, unavailable: str | None = None) -> list[str]:
+    """The start line, one line within 80 columns ending "Ctrl-C to end." as bcc's tools do; what
+    does not fit in it (many states, why the tracepoint is unavailable) on lines before it."""
+    from addrinuse.render import endpoint, fit, wrap
 
-    *lines, last = wrap(text, "", "  ").split("\n")
-    click.echo("\n".join([*lines, fit(last, "Ctrl-C to end.", indent=2)]), err=as_json)  # never split
+    scope = endpoint(host, port) if host and port else f"port {port}" if port else host or "all ports"
+    lines = [wrap(f"the tracepoint is unavailable: {unavailable}", "", "  ")] if unavailable else []
+    listed = f" ({', '.join(states)})" if states else ""
+    line = f"{verb} {scope}{listed} {how}. Ctrl-C to end."
+    if states and len(line) > 80:
+        lines.append(wrap(f"states: {', '.join(states)}", "", "  "))
+        line = f"{verb} {scope} ({len(states)} states) {how}. Ctrl-C to end."
+    if len(line) > 80:  # a long address: wrapped, "Ctrl-C to end." kept whole at the end
+        *head, last = wrap(line.removesuffix(" Ctrl-C to end."), "", "  ").split("\n")
+        line = "\n".join([*head, fit(last, "Ctrl-C to end.", indent=2)])
+    return lines + [line]
+
+
+def _started(lines: list[str], header: str, as_json: bool) -> None:
+    """The start lines (on stderr with --json), then the column header."""
+    click.echo("\n".join(lines), err=as_json)
     if not as_json:
         click.echo(header)
 
