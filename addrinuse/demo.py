@@ -62,12 +62,43 @@ def ours(entries, address: str, port: int, client_ports) -> list:
     return [e for e in entries if bound_here(e, address, port) and e.rport in clients]
 
 
-def wait_time_wait(address: str, port: int, client_ports, want: int, timeout: float = 2.0):
+class Recording:
+    """The demo's own entries on its port, polled at each step into a figures.CountRecorder (for
+    `demo --report`): the server's listener, its side of each connection and the clients' sides,
+    by address and 4-tuple. One poll is one sock_diag walk of the port (~1 ms); without a
+    recording the demo makes none of them."""
+
+    def __init__(self, recorder, address: str, t0: float):
+        self.recorder, self.address, self.t0 = recorder, address, t0
+        self.port: int | None = None  # the demo's port: the first server's
+        self.clients: set[int] = set()
+
+    def mine(self, entries) -> list:
+        from addrinuse.conntable.match import bound_here, same_address
+
+        return [e for e in entries
+                if bound_here(e, self.address, self.port) and (e.state == "LISTEN" or e.rport in self.clients)
+                or e.rport == self.port and e.lport in self.clients and same_address(self.address, e.raddr)]
+
+    def poll(self, source=None) -> None:
+        own = source is None
+        source = source or get_backend()
+        try:
+            self.recorder.add(time.monotonic() - self.t0, self.mine(source.snapshot(self.port)))
+        finally:
+            if own:
+                source.close()
+
+
+def wait_time_wait(address: str, port: int, client_ports, want: int, timeout: float = 2.0,
+                   recording: Recording | None = None):
     """Poll until `want` TIME_WAIT entries of our connections hold address:port (or the deadline passes)."""
     deadline = time.monotonic() + timeout
     source = get_backend()  # one backend (one netlink socket) for the whole poll
     try:
         while True:
+            if recording is not None:
+                recording.poll(source)
             entries = ours(source.snapshot(port, ["TIME_WAIT"], local=True), address, port, client_ports)
             if len(entries) >= want or time.monotonic() >= deadline:
                 return entries
@@ -76,19 +107,29 @@ def wait_time_wait(address: str, port: int, client_ports, want: int, timeout: fl
         source.close()
 
 
-def _close_cycle(registry, host: str, clients: int, reuseaddr: bool, tag: str):
+def _close_cycle(registry, host: str, clients: int, reuseaddr: bool, tag: str, recording: Recording | None = None):
     config = ServerConfig(host=host, port=0, close="server-first", reuseaddr=reuseaddr)
     record = start_server(registry, config, name=f"demo-{tag}")
+    if recording is not None:
+        recording.port = record.port
+        recording.poll()  # the listener alone
     try:
         talk = converse(host, record.port, clients)
+        if recording is not None:
+            recording.clients = set(talk.local_ports)
+            recording.poll()  # the server closed first: its side in TIME_WAIT, the listener still there
     finally:
         report = stop_servers(registry, name=record.name)
     return record, talk, report
 
 
-def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda step: None) -> DemoResult:
+def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda step: None,
+             counts=None) -> DemoResult:
+    """The demo; `counts` (a figures.CountRecorder) records the demo's port at every step."""
     result = DemoResult(host=host)
-    record, talk, report = _close_cycle(registry, host, clients, reuseaddr=False, tag="a")
+    address = resolve(host)[1]
+    recording = Recording(counts, address, time.monotonic()) if counts is not None else None
+    record, talk, report = _close_cycle(registry, host, clients, reuseaddr=False, tag="a", recording=recording)
     result.port, result.clients = record.port, talk.count
     outcome = report.stopped[0]
     show(DemoStep("1. start a server without SO_REUSEADDR on a free port", [
@@ -99,8 +140,7 @@ def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda st
     show(DemoStep("3. kill the server", [
         f"SIGTERM to pid {record.pid}: {'exited' if outcome.exited else 'STILL RUNNING'} after {outcome.waited_s * 1000:.0f} ms"]))
 
-    address = resolve(host)[1]
-    entries = wait_time_wait(address, record.port, talk.local_ports, talk.server_closed_first)
+    entries = wait_time_wait(address, record.port, talk.local_ports, talk.server_closed_first, recording=recording)
     seen_at = time.time()
     result.time_wait = len(entries)
     lines = [f"{len(entries)} TIME_WAIT entries hold local port {record.port}:"]
@@ -114,6 +154,8 @@ def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda st
         f"without SO_REUSEADDR: {describe(result.plain)}",
         f"with SO_REUSEADDR:    {describe(result.reuseaddr)}"]))
 
+    if recording is not None:
+        recording.poll()  # after the restart probes (each bound and closed at once)
     control, control_talk, _ = _close_cycle(registry, host, clients, reuseaddr=True, tag="b")
     wait_time_wait(address, control.port, control_talk.local_ports, control_talk.server_closed_first)
     result.control_plain = probe(host, control.port, SocketOptions())
@@ -130,6 +172,8 @@ def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda st
     else:  # psutil has no timers: count from the moment the entries were seen
         left, source = max(0.0, seen_at + TCP_TIMEWAIT_LEN_S - time.time()), "counting 60 s from when they were seen"
     result.free_in_s = left
+    if recording is not None:
+        recording.poll()  # the end: the entries still there, their timers
     result.free_at = time.time() + left
     when = time.strftime("%H:%M:%S", time.localtime(result.free_at))
     show(DemoStep("7. when will the port be free?", [

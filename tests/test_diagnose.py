@@ -3,6 +3,7 @@ really happens when that same server is restarted at once (the test restarts it 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -158,12 +159,42 @@ def test_an_addrinuse_server_verdict_names_its_kill_command(run):
     run("kill", "mine")
 
 
+def time_wait_at(family, addr: str, port: int, connect_to: str | None = None) -> tuple[str, int]:
+    """One TIME_WAIT entry on addr:port, left by the server's side closing first; returns the
+    client's (address, port), which names the entry with addr:port. SO_REUSEADDR on the listener
+    (inherited by the entry) lets entries of other addresses and families share the port."""
+    lsn = socket.socket(family)
+    lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        lsn.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr == "::" else 1)
+    lsn.bind((addr, port))
+    lsn.listen()
+    target = connect_to or addr
+    with socket.socket(socket.AF_INET6 if ":" in target else socket.AF_INET) as client:
+        client.connect((target, port))
+        server_side, _ = lsn.accept()
+        lsn.close()
+        server_side.close()  # the server's side sends the first FIN: it will hold TIME_WAIT
+        client.recv(1)
+        peer = client.getsockname()[:2]
+    local = f"::ffff:{target}" if addr == "::" else addr
+    wait_for(lambda: mine(port, "TIME_WAIT", local) and any(e.rport == peer[1] for e in mine(port, "TIME_WAIT", local)),
+             what=f"TIME_WAIT on {local}:{port}")
+    return peer
+
+
 @needs_root
 def test_clear_then_a_plain_restart_succeeds(run, tmp_path):
+    """Without --host: the address a server binds by default, 127.0.0.1. Another address's TIME_WAIT
+    entries on the same port number (ours, on 127.0.0.6; the busy machine's on 127.0.0.2) are not in
+    the way of that bind and stay."""
     port = free_port()
+    other = time_wait_at(socket.AF_INET, "127.0.0.6", port)
     served_then_killed(tcp_server(port), port, b"hello\n")
-    out = run("clear", port, "--host", "127.0.0.1", "--yes", "--json")
+    out = run("clear", port, "--yes", "--json")
     assert out.exit_code == 0 and out.json()["destroyed"] == {"TIME_WAIT": 3} and out.json()["left"] == 0
+    assert out.json()["host"] == "127.0.0.1"
+    assert [e.rport for e in mine(port, "TIME_WAIT", "127.0.0.6")] == [other[1]]
     assert run("why", port).exit_code == 0
     assert restart(tcp_server(port), port) is True
 
@@ -177,11 +208,80 @@ def test_clear_touches_no_other_state_and_no_other_port(run):
     wait_for(lambda: len(mine(other["port"], "TIME_WAIT")) == 2, what="2 TIME_WAIT on the other port")
     run("connect", rec["port"], "-n", 2)  # CLOSE_WAIT on rec's port, held by its pid
     wait_for(lambda: len(mine(rec["port"], "CLOSE_WAIT")) == 2, what="2 CLOSE_WAIT on rec's port")
-    out = run("clear", rec["port"], "--host", "127.0.0.1", "--yes", "--json").json()
+    out = run("clear", rec["port"], "--yes", "--json").json()
     assert out["count"] == 0
     assert len(mine(rec["port"], "CLOSE_WAIT")) == 2 and len(mine(rec["port"], "LISTEN")) == 1
     assert len(mine(other["port"], "TIME_WAIT")) == 2
+    text = run("clear", rec["port"], "--yes").stdout
+    assert f"in the way of a bind to 127.0.0.1:{rec['port']}" in " ".join(text.split())
+    assert max(map(len, text.splitlines())) <= 80
     run("kill", rec["name"])
+
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+ENTRIES = {"127.0.0.1": (V4, "127.0.0.1", None), "127.0.0.2": (V4, "127.0.0.2", None),
+           "::1": (V6, "::1", None), "::ffff:127.0.0.1": (V6, "::", "127.0.0.1")}
+# --host (and --v6only) -> the entries in the way of that bind, as the kernel decides (measured on
+# 6.18, and checked below with a real bind before and after): the same address, IPv4-mapped being
+# IPv4; 0.0.0.0 every IPv4 address; :: every IPv6 address and, unless v6only, every IPv4 one.
+CLEAR_CASES = [
+    (("127.0.0.1",), V4, None, {"127.0.0.1", "::ffff:127.0.0.1"}),
+    (("0.0.0.0",), V4, None, {"127.0.0.1", "127.0.0.2", "::ffff:127.0.0.1"}),
+    (("::", "--dual-stack"), V6, False, {"127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"}),
+    (("::", "--v6only"), V6, True, {"::1"}),
+    (("::1",), V6, None, {"::1"}),
+]
+
+
+def _clear_cases() -> list:
+    """In a network namespace of the test's own (nothing else there: exact counts, and a wildcard
+    clear destroys no one else's entries): for each case a fresh port holding one TIME_WAIT entry
+    per address of ENTRIES, a bind that fails, `clear`, then what is left and whether it binds."""
+    from addrinuse.sockets import has_ipv6_loopback
+
+    from tests.diagnose_helpers import cli
+
+    v6 = has_ipv6_loopback()
+    out = []
+    for args, family, v6only, _ in CLEAR_CASES:
+        if family == V6 and not v6:
+            out.append(None)
+            continue
+        probe = socket.create_server(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        names = [n for n in ENTRIES if v6 or ":" not in n]
+        for name in names:
+            time_wait_at(ENTRIES[name][0], ENTRIES[name][1], port, ENTRIES[name][2])
+        host = args[0]
+        before = can_bind(host, port, family=family, v6only=v6only)
+        code, text = cli("clear", port, "--host", *args, "--yes", "--json")
+        left = {e.laddr for e in snapshot_tw(port)}
+        after = can_bind(host, port, family=family, v6only=v6only)
+        out.append({"names": names, "code": code, "json": json.loads(text), "left": left, "before": before,
+                    "after": after})
+    return out
+
+
+def snapshot_tw(port: int) -> list:
+    from addrinuse.conntable import snapshot
+
+    return snapshot(port, ["TIME_WAIT"], local=True)
+
+
+@needs_root
+def test_clear_destroys_what_is_in_the_way_of_the_bind_and_nothing_else():
+    from tests.diagnose_helpers import in_netns
+
+    for (args, _, _, expected), got in zip(CLEAR_CASES, in_netns(_clear_cases)):
+        if got is None:
+            continue  # no IPv6 loopback in the namespace: the IPv6 cases cannot be made
+        names = set(got["names"])
+        destroyed = expected & names
+        assert got["before"] is False, args  # the kernel: these entries are in the way
+        assert got["code"] == 0 and got["json"]["count"] == len(destroyed), (args, got)
+        assert got["left"] == names - destroyed, args
+        assert got["after"] is True, args  # and nothing else was
 
 
 def test_clear_without_yes_and_no_terminal_refuses(sub):

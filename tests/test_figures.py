@@ -124,7 +124,8 @@ def _check_real_sequence(result: dict) -> dict:
 
 
 def test_sequence_from_a_real_close_sequence():
-    """The close-sequence code on real sockets; as root with tracefs, the kernel tracepoint's times."""
+    """The close-sequence code on real sockets; as root with tracefs, the kernel tracepoint's times,
+    in closeseq's trace format: the hand-off folded into FIN_WAIT2's handoff_s, TIME_WAIT inferred."""
     from addrinuse.closeseq import run_close_sequence
 
     result = run_close_sequence(hold=0.15)
@@ -133,20 +134,67 @@ def test_sequence_from_a_real_close_sequence():
     if result["trace"] is not None:
         assert order["active"][-4:] == ["ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
         assert order["passive"] == ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
-        tw = data["states"][-1]
-        assert tw["state"] == "TIME_WAIT" and tw["t_s"] <= tw["t_max_s"]  # bracketed by the peer's events
+        _check_inferred_time_wait(data)
         assert [s["label"].split()[0] for s in data["segments"]] == ["FIN", "ACK", "FIN", "ACK"]
     # The polled path, from the same real run: one mark per state the poller saw, bracketed.
     polled = _check_real_sequence({**result, "trace": None, "trace_unavailable": "not asked"})
     assert len(polled["states"]) == len(result["poll"]["active"]) + len(result["poll"]["passive"])
     assert polled["segments"] == [] and all(s["t_max_s"] is not None for s in polled["states"][1:2])
+    assert {s["source"] for s in polled["states"]} == {"poll"}
+
+
+def _check_inferred_time_wait(data: dict) -> None:
+    """A's TIME_WAIT is inferred (its own mark and legend entry, never 'polling'), bracketed by B's FIN
+    leaving and A's ACK reaching B; the hand-off is on FIN_WAIT2, not a state of its own."""
+    active = {s["state"]: s for s in data["states"] if s["end"] == "active"}
+    tw, fw2 = active["TIME_WAIT"], active["FIN_WAIT2"]
+    passive = {s["state"]: s for s in data["states"] if s["end"] == "passive"}
+    assert tw["source"] == "inferred" and tw["t_s"] == passive["LAST_ACK"]["t_s"] <= tw["t_max_s"]
+    assert tw["t_max_s"] == passive["CLOSED"]["t_s"] and "CLOSED" not in active
+    assert fw2["source"] == "trace" and fw2["t_s"] <= fw2["handoff_t_s"] < tw["t_s"]
+    root = parse(sequence_svg(data))
+    mark = next(m for m in by_role(root, "state-mark") if m.get("data-state") == "TIME_WAIT")
+    assert mark.get("data-source") == "inferred" and mark.find("s:circle", NS).get("stroke-dasharray")
+    assert "inferred from the other end" in mark.find("s:title", NS).text and "poll" not in mark.find("s:title", NS).text
+    handoff = next(m for m in by_role(root, "state-mark") if m.get("data-state") == "FIN_WAIT2")
+    assert "handed to a timewait socket" in handoff.find("s:title", NS).text
+    legend = [text_of(t) for t in root.iter("{%s}text" % NS["s"])]
+    assert any(t.startswith("state change inferred from the other end") for t in legend)
+    assert "state seen by polling" not in legend
 
 
 def test_sequence_from_the_committed_real_run():
-    """docs/figures/close-sequence.json is a real run (generate.py): its figure is the committed one."""
+    """docs/figures/close-sequence.json is a real run (generate.py), recorded before closeseq folded the
+    hand-off itself (its raw FIN_WAIT2 -> CLOSED): the adapter folds it the same way, and its figure is
+    the committed one."""
     result = json.loads((DOCS / "close-sequence.json").read_text())
-    _check_real_sequence(result)
+    assert ("FIN_WAIT2", "CLOSED") in [(s["old"], s["new"]) for s in result["trace"]["active"]]
+    data = _check_real_sequence(result)
+    _check_inferred_time_wait(data)
     assert sequence_svg(closeseq_to_sequence(result)) == (DOCS / "close-sequence.svg").read_text(), STALE
+
+
+def test_a_polled_state_the_trace_already_shows_gets_no_second_label():
+    """The committed lost-final-ack run: A's TIME_WAIT was seen by a poll and inferred from B's FIN.
+    One label, the inferred one; the poll is a small diamond on its bracket, its tooltip says so."""
+    seq = json.loads((DOCS / "lost-final-ack.json").read_text())["sequence"]
+    assert [s["source"] for s in seq["states"] if s["end"] == "a" and s["state"] == "TIME_WAIT"] == ["poll", "inferred"]
+    root = parse(sequence_svg(seq))
+    marks = [m for m in by_role(root, "state-mark") if (m.get("data-end"), m.get("data-state")) == ("a", "TIME_WAIT")]
+    assert [(m.get("data-source"), m.get("data-repeats")) for m in marks] == [("poll", "inferred"), ("inferred", None)]
+    assert [len(m.findall("s:text", NS)) for m in marks] == [0, 1]
+    assert "the same TIME_WAIT as the inferred mark" in marks[0].find("s:title", NS).text
+    # A polled state nothing else shows keeps its label (the synthetic figure's polled CLOSED).
+    root = parse(sequence_svg(LOST_FINAL_ACK))
+    closed = [m for m in by_role(root, "state-mark") if (m.get("data-end"), m.get("data-state")) == ("a", "CLOSED")]
+    assert [t.text for t in closed[0].findall("s:text", NS)] == ["CLOSED"] and closed[0].get("data-repeats") is None
+
+
+def test_sequence_refuses_an_unknown_state_source():
+    bad = json.loads(json.dumps(LOST_FINAL_ACK))
+    bad["states"][0]["source"] = "guessed"
+    with pytest.raises(FigureInputError, match=r"states\[0\]\.source: 'guessed' is not one of trace, inferred, poll"):
+        sequence_svg(bad)
 
 
 # -- the count over time ----------------------------------------------------------------------------
@@ -275,6 +323,34 @@ def test_report_of_a_failed_experiment_says_failed():
     assert not [t for t, _ in page.tags if t in ("script", "link", "img", "iframe", "object")]
     assert set(re.findall(r"https?://[^\s\"'<>]+", html)) == {"http://www.w3.org/2000/svg"}
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+def test_an_experiment_that_could_not_run_or_was_skipped_never_says_failed():
+    """The engine's own reports (experiments.report.Report): could not run and skipped are said in
+    words, with the reason, in the checks figure, the section and the page's verdict."""
+    from addrinuse.experiments.checks import Check
+    from addrinuse.experiments.report import Report
+
+    cannot = Report("lost-final-ack", "p", "e", "x.toml", cannot_run=True,
+                    message="step 1: the lab needs root (unshare(CLONE_NEWNET), veth, nftables)",
+                    checks=[Check("B retransmits its FIN", 1, None, False)]).to_dict()
+    skipped = Report("dual-stack", "p", "e", "y.toml", skipped="no IPv6 loopback here").to_dict()
+    assert (cannot["status"], cannot["passed"], skipped["status"]) == ("cannot_run", False, "skipped")
+    for report, word, reason in ((cannot, "COULD NOT RUN", "the lab needs root"),
+                                 (skipped, "SKIPPED", "no IPv6 loopback here")):
+        root = parse(checks_svg(report))
+        assert text_of(by_role(root, "verdict")[0]) == word and reason in text_of(root)
+        assert "FAILED" not in text_of(root) and "FAILED" not in root.find("s:title", NS).text
+        html = report_html([report])
+        page = _Text()
+        page.feed(html)
+        assert [a["data-status"] for t, a in page.tags if t == "section"] == [word]
+        assert f"<title>{word}: " in html and "FAILED" not in html and reason in html
+    html = report_html([cannot, skipped])
+    assert "<title>COULD NOT RUN: " in html and "1 could not run, 1 skipped" in html
+    passed = {"name": "n", "passed": True, "status": "passed", "skipped": None, "checks": []}
+    assert "<title>COULD NOT RUN: " in report_html([passed, cannot])
+    assert "<title>PASSED: " in report_html([passed, skipped])
 
 
 def test_write_report_creates_the_directory_and_never_follows_a_planted_symlink(tmp_path):

@@ -145,32 +145,59 @@ def _left(estimate, waited: float) -> str:
     return f"frees in {low:.1f}-{max(0.0, estimate.max_s - waited):.1f} s ({kind})"
 
 
+def conflicts_with_bind(address: str, v6only: bool):
+    """Whether an entry's local address is in the way of a bind to `address` (the kernel's rule,
+    inet_rcv_saddr_equal(); measured on 6.18): the same address (::ffff:a.b.c.d is a.b.c.d);
+    0.0.0.0 covers every IPv4 address, IPv4-mapped included; :: covers every IPv6 address and,
+    unless the server sets IPV6_V6ONLY, every IPv4 one too (plain or mapped)."""
+    from addrinuse.conntable.match import same_address
+
+    v6_only_wildcard = v6only and address == "::"
+
+    def test(entry) -> bool:
+        if v6_only_wildcard and (entry.family == 4 or entry.laddr.lower().startswith("::ffff:")):
+            return False
+        return same_address(address, entry.laddr)
+
+    return test
+
+
 @cli.command()
 @port_argument
-@click.option("--host", default=None, help="Only entries with this local address (default: any).")
+@host_option
+@v6only_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @click.pass_context
-def clear(ctx, port, host, yes, as_json):
-    """Destroy PORT's TIME_WAIT (and orphaned FIN_WAIT2) entries with SOCK_DESTROY, as ss -K does.
+def clear(ctx, port, host, v6only, yes, as_json):
+    """Destroy the TIME_WAIT entries in the way of your server's bind to --host:PORT.
 
-    Touches no other state and no other port. Needs root and CONFIG_INET_DIAG_DESTROY; a refusal
-    by the kernel is an error (exit 1), never silent. Answering no clears nothing (exit 1).
+    Uses SOCK_DESTROY, as ss -K does, on TIME_WAIT and orphaned FIN_WAIT2 entries. --host is the
+    address your server binds: only entries in the way of that bind are destroyed (the same address; for 0.0.0.0 every IPv4 address, for :: every IPv6 address and, unless
+    --v6only, every IPv4 one). Touches no other state, address or port. Needs root and
+    CONFIG_INET_DIAG_DESTROY; a refusal by the kernel is an error (exit 1), never silent.
+    Answering no clears nothing (exit 1).
 
     \b
     Example:
-      addrinuse clear 8080 --yes
+      addrinuse clear 8080 --host 0.0.0.0 --yes
     """
+    import socket
+
     from addrinuse.conntable import get_backend
-    from addrinuse.conntable.match import same_address
+    from addrinuse.diagnose.conflict import default_v6only
     from addrinuse.destroy import clear as destroy_entries, clearable
     from addrinuse.sockets import resolve
 
-    address = resolve(host)[1] if host else None
+    family, address = resolve(host)
+    if v6only is None:  # as the server's socket gets it: the kernel's net.ipv6.bindv6only
+        v6only = family == socket.AF_INET6 and default_v6only()
+    in_the_way = conflicts_with_bind(address, v6only)
+    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
     def targets_now():
         found = clearable(backend.snapshot(port, ["TIME_WAIT", "FIN_WAIT2"], local=True), port)
-        return [e for e in found if address is None or same_address(address, e.laddr)]
+        return [e for e in found if in_the_way(e)]
 
     backend = get_backend("netlink")
     try:
@@ -180,7 +207,7 @@ def clear(ctx, port, host, yes, as_json):
                 raise BadInput(f"{len(targets)} entries would be destroyed but stdin is not a terminal: pass --yes")
             states = ", ".join(f"{sum(e.state == s for e in targets)} {s}" for s in ("TIME_WAIT", "FIN_WAIT2")
                                if any(e.state == s for e in targets))
-            if not click.confirm(f"destroy {states} entries of local port {port}?"):
+            if not click.confirm(f"destroy {states} entries in the way of a bind to {where}?"):
                 if as_json:
                     emit({"port": port, "host": host, "destroyed": {}, "count": 0, "already_gone": 0,
                           "left": len(targets), "refused_by_user": True})
@@ -195,9 +222,13 @@ def clear(ctx, port, host, yes, as_json):
         emit({"port": port, "host": host, "destroyed": report.destroyed, "count": report.total,
               "already_gone": report.already_gone, "left": len(left), "refused_by_user": False})
         return
+    from addrinuse.render import wrap
+
     if not targets:
-        click.echo(f"nothing to clear: no TIME_WAIT or orphaned FIN_WAIT2 entry holds local port {port}")
+        click.echo(wrap(f"nothing to clear: no TIME_WAIT or orphaned FIN_WAIT2 entry is in the way of "
+                        f"a bind to {where}", "", "  "))
         return
     detail = ", ".join(f"{n} {s}" for s, n in report.destroyed.items()) or "none"
     gone = f"; {report.already_gone} had expired meanwhile" if report.already_gone else ""
-    click.echo(f"destroyed {report.total} entries of local port {port} ({detail}){gone}; {len(left)} left")
+    click.echo(wrap(f"destroyed {report.total} entries in the way of a bind to {where} ({detail}){gone}; "
+                    f"{len(left)} left", "", "  "))

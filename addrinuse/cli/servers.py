@@ -245,9 +245,12 @@ def servers(ctx, prune, as_json):
 @cli.command()
 @host_option
 @clients_option(default=5)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Also write report.html and one SVG per figure into this directory (created if missing): "
+                   "the count of the demo port's entries over time, expected vs observed.")
 @json_option
 @click.pass_context
-def demo(ctx, host, clients, as_json):
+def demo(ctx, host, clients, report_dir, as_json):
     """The canonical reproduction: server closes first, is killed, and the restart fails.
 
     Every line comes from what happened on this machine's kernel. Loopback only.
@@ -255,11 +258,21 @@ def demo(ctx, host, clients, as_json):
     \b
     Example:
       addrinuse demo
+      addrinuse demo --report out/
     """
+    import time
+
     from addrinuse.demo import run_demo
     from addrinuse.sockets import require_loopback
 
     require_loopback(host, False, hint="demo runs on loopback only: use 127.0.0.1 or ::1")
+    counts = None
+    if report_dir:
+        from addrinuse.experiments.report import check_report_dir
+        from addrinuse.figures import CountRecorder
+
+        check_report_dir(report_dir)  # a bad path is refused before anything runs (exit 2)
+        counts = CountRecorder()
 
     def show(step):
         if not as_json:
@@ -269,8 +282,12 @@ def demo(ctx, host, clients, as_json):
 
     # In memory: the demo's servers are tied to this process (they die with it, SIGKILL included)
     # and nothing touches the disk; the with-block ends any that a failure left running.
+    began = time.monotonic()
     with MemoryRegistry() as reg:
-        result = run_demo(reg, host, clients, show)
+        result = run_demo(reg, host, clients, show, counts=counts)
+    duration = time.monotonic() - began
+    if report_dir:
+        _demo_report(report_dir, result, counts, duration)
     if as_json:
         emit(result.to_dict())
     elif result.reproduced:
@@ -279,3 +296,19 @@ def demo(ctx, host, clients, as_json):
         click.echo("NOT reproduced: see the steps above for what this kernel did instead")
     if not result.reproduced:
         ctx.exit(EXIT_FAILED)
+
+
+def _demo_report(report_dir: str, result, counts, duration_s: float) -> None:
+    from addrinuse.figures import demo_report, write_report
+
+    counts.port = result.port
+    counts.title = (f"demo: {result.clients} connections to port {result.port}, the server closes first; "
+                    f"TIME_WAIT holds the port")
+    figure = {"kind": "counts", **counts.to_dict()}
+    files = write_report(report_dir, [demo_report(result.to_dict(), duration_s, figures=[figure])],
+                         title="addrinuse demo")
+    from addrinuse.render import fit
+
+    # The path on a line of its own when the whole does not fit: a path is never broken.
+    click.echo(fit(f"report ({len(files.figures)} figures, {files.total_bytes / 1024:.0f} kB):", str(files.report),
+                   indent=2), err=True)

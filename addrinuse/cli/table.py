@@ -9,14 +9,10 @@ import click
 
 from addrinuse.cli.app import cli, emit
 from addrinuse.cli.options import Seconds, backend_option, interval_option, json_option, port_filter_option, states_option
+from addrinuse.errors import BadInput
 
 host_filter_option = click.option("--host", default=None,
                                   help="Only entries with this local or remote address (default: any).")
-
-
-def _filtered(source, port, host, states):
-    """One snapshot; port, host and states are all chosen by the kernel (netlink) in one walk."""
-    return source.snapshot(port, states or None, host=host)
 
 
 def _numeric(host):
@@ -108,61 +104,136 @@ def table_cmd(port, host, states, backend, as_json):
 @port_filter_option
 @host_filter_option
 @states_option
+@click.option("--source", "source_name", type=click.Choice(["poll", "trace"]), default="poll", show_default=True,
+              help="poll: read the table every --interval (lifetimes, kernel timers). trace: every state change "
+                   "as the kernel makes it, from the tracepoint sock:inet_sock_set_state (root and tracefs; "
+                   "elsewhere it polls and says so).")
 @interval_option()
 @click.option("--duration", type=Seconds(0, 7 * 86_400, low_inclusive=False), help="Stop after this many seconds.")
-@click.option("--until-empty", is_flag=True, help="Stop once no matching entry is left.")
+@click.option("--until-empty", is_flag=True, help="Stop once no matching entry is left (polling only).")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False),
+              help="When the watch ends (Ctrl-C too), write the count of entries per state over time to this "
+                   "SVG file; the table is sampled every --interval, whatever --source.")
 @backend_option
 @json_option
-def watch(port, host, states, interval, duration, until_empty, backend, as_json):
-    """Poll the table and print entries as they appear, change state and vanish.
+def watch(port, host, states, source_name, interval, duration, until_empty, svg_path, backend, as_json):
+    """Print entries as they appear, change state and vanish; or, with --source trace, each state
+    change the moment the kernel makes it.
 
-    Ends with a summary: entries per state and min/median/max lifetime. Ctrl-C ends it (exit 0).
+    Ends with a summary: entries per state and min/median/max lifetime (polling), or the changes
+    per state entered (trace). --state keeps entries in those states (polling), or changes into or
+    out of them (trace). Ctrl-C ends it (exit 0).
 
     \b
     Example:
       addrinuse watch --port 8080 --state TIME_WAIT --until-empty
+      addrinuse watch --port 8080 --source trace --svg counts.svg
     """
     from addrinuse.conntable import get_backend
-    from addrinuse.render.tables import EVENT_HEADER, event as render_event, summary as render_summary
-    from addrinuse.tracker import Tracker
+    from addrinuse.watch import Watch, open_tracer, poll, trace
 
-    address = _numeric(host)
-    source = get_backend(backend, cache_owners=True)
-    what = (f"port {port}" if port else "all ports") + (f" of {host}" if host else "")
-    tracker = Tracker()
+    if source_name == "trace" and until_empty:
+        raise BadInput("--until-empty needs polling (the end of TIME_WAIT emits no tracepoint event): "
+                       "use --source poll")
+    w = Watch(port, _numeric(host), tuple(states), interval, duration, until_empty)
+    recorder = None
+    if svg_path:
+        from addrinuse.figures import CountRecorder, check_svg_path
+
+        check_svg_path(svg_path)  # a bad path is refused before the watch starts (exit 2)
+        recorder = CountRecorder(port, f"Entries per state on {_what(port, host)}")
     began = time.monotonic()
+    tracer = unavailable = source = None
     try:
-        # The start line follows the first snapshot: from then on, every change is seen.
-        entries = _filtered(source, port, address, states)
-        click.echo(f"Watching TCP entries on {what} (states: {', '.join(states) or 'all'}) every {interval:g} s "
-                   f"with {source.name}. Ctrl-C to end.", err=as_json)
-        if not as_json:
-            click.echo(EVENT_HEADER)
-        polls = 0
-        while True:
-            now = time.monotonic() - began
-            for ev in tracker.update(entries, now):
-                emit(ev.to_dict()) if as_json else click.echo(render_event(ev.to_dict()))
-            if (until_empty and tracker.live == 0) or (duration and now >= duration):
-                break
-            # The period is held: poll k is due at began + k * interval, whatever a poll cost; a
-            # poll that overran is not made up for by a burst.
-            polls += 1
-            due = began + polls * interval
-            if duration:
-                due = min(due, began + duration)
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                polls = int((time.monotonic() - began) / interval)
-            entries = _filtered(source, port, address, states)
-    except KeyboardInterrupt:
-        pass
+        if source_name == "trace":
+            tracer, unavailable = open_tracer(port, began)
+        if tracer is None or recorder is not None:
+            source = get_backend(backend, cache_owners=True)
+        if tracer is not None:
+            from addrinuse.render.transitions import HEADER, transition
+
+            start = _start_lines(port, host, states, "Tracing", "at sock:inet_sock_set_state")
+            data = trace(w, tracer, began, lambda: _started(start, HEADER, as_json), _shower(transition, as_json),
+                         recorder, source)
+        else:
+            from addrinuse.render.tables import EVENT_HEADER, event
+
+            how = f"every {interval:g} s ({source.name}{'; no tracepoint' if unavailable else ''})"
+            start = _start_lines(port, host, states, "Polling" if unavailable else "Watching", how, unavailable)
+            data = poll(w, source, began, lambda: _started(start, EVENT_HEADER, as_json), _shower(event, as_json),
+                        recorder)
+            if unavailable:
+                data["trace_unavailable"] = unavailable
+    except BaseException:
+        if recorder is not None:
+            _write_chart(svg_path, recorder, quiet=True)  # best effort: the error that ended the watch wins
+        raise
     finally:
-        source.close()
-    data = tracker.summary(time.monotonic() - began)
-    emit(data) if as_json else click.echo(render_summary(data))
+        if tracer is not None:
+            tracer.close()  # removes the tracefs instance (its janitor does, if this process is killed)
+        if source is not None:
+            source.close()
+    if as_json:
+        emit(data)
+    elif data["source"] == "trace":
+        from addrinuse.render.transitions import summary
+
+        click.echo(summary(data))
+    else:
+        from addrinuse.render.tables import summary
+
+        click.echo(summary(data))
+    if recorder is not None:
+        _write_chart(svg_path, recorder)
+
+
+def _what(port, host) -> str:
+    return (f"port {port}" if port else "all ports") + (f" of {host}" if host else "")
+
+
+def _start_lines(port, host, states, verb: str, how: str, unavailable: str | None = None) -> list[str]:
+    """The start line, one line within 80 columns ending "Ctrl-C to end." as bcc's tools do; what
+    does not fit in it (many states, why the tracepoint is unavailable) on lines before it."""
+    from addrinuse.render import endpoint, fit, wrap
+
+    scope = endpoint(host, port) if host and port else f"port {port}" if port else host or "all ports"
+    lines = [wrap(f"the tracepoint is unavailable: {unavailable}", "", "  ")] if unavailable else []
+    listed = f" ({', '.join(states)})" if states else ""
+    line = f"{verb} {scope}{listed} {how}. Ctrl-C to end."
+    if states and len(line) > 80:
+        lines.append(wrap(f"states: {', '.join(states)}", "", "  "))
+        line = f"{verb} {scope} ({len(states)} states) {how}. Ctrl-C to end."
+    if len(line) > 80:  # a long address: wrapped, "Ctrl-C to end." kept whole at the end
+        *head, last = wrap(line.removesuffix(" Ctrl-C to end."), "", "  ").split("\n")
+        line = "\n".join([*head, fit(last, "Ctrl-C to end.", indent=2)])
+    return lines + [line]
+
+
+def _started(lines: list[str], header: str, as_json: bool) -> None:
+    """The start lines (on stderr with --json), then the column header."""
+    click.echo("\n".join(lines), err=as_json)
+    if not as_json:
+        click.echo(header)
+
+
+def _shower(render, as_json: bool):
+    return emit if as_json else (lambda ev: click.echo(render(ev)))
+
+
+def _write_chart(path: str, recorder, quiet: bool = False) -> None:
+    from addrinuse.errors import AddrinuseError
+    from addrinuse.figures import counts_svg, write_svg
+
+    try:
+        written = write_svg(path, counts_svg(recorder.to_dict()))
+    except AddrinuseError:
+        if quiet:
+            return
+        raise
+    from addrinuse.render import fit
+
+    # The path on a line of its own when the whole does not fit: a path is never broken.
+    click.echo(fit(f"chart ({written.stat().st_size / 1024:.0f} kB):", str(written), indent=2), err=True)
 
 
 @cli.command()

@@ -17,16 +17,38 @@ def _trace_time(steps: list[dict], old: str | None, new: str) -> float | None:
     return next((s["t_s"] for s in steps if s["new"] == new and old in (None, s["old"])), None)
 
 
+def _folded(active: list[dict], passive: list[dict]) -> list[dict]:
+    """The active end's steps in closeseq's format: the FIN_WAIT2 -> CLOSED hand-off folded into the
+    FIN_WAIT2 step's handoff_s, TIME_WAIT a step of source "inferred" at the peer's FIN. Runs recorded
+    before closeseq folded it themselves (docs/figures/close-sequence.json) carry the raw hand-off."""
+    out = [dict(step) for step in active]
+    for i, step in enumerate(out):
+        if (step["old"], step["new"]) != ("FIN_WAIT2", "CLOSED") or not i:
+            continue
+        fin_out = _trace_time(passive, "CLOSE_WAIT", "LAST_ACK")
+        if fin_out is not None and fin_out < step["t_s"]:  # B's FIN came first: the hand-off starts TIME_WAIT
+            out[i] = {**step, "new": "TIME_WAIT"}
+            break
+        out[i - 1]["handoff_s"] = step["t_s"]
+        del out[i]
+        if fin_out is not None:  # B's FIN after the hand-off starts TIME_WAIT
+            out.insert(i, {"old": "FIN_WAIT2", "new": "TIME_WAIT", "t_s": fin_out, "source": "inferred"})
+        break
+    return out
+
+
 def closeseq_to_sequence(result: dict, title: str | None = None) -> dict:
     """The sequence shape for one run of closeseq.run_close_sequence().
 
     With the kernel tracepoint (root): every transition at its tracepoint time, and the segments
     inferred from the transitions they cause (there is no packet capture). Two kernel facts shape it:
     - FIN_WAIT2 -> CLOSED of the active end's full socket is the hand-off to its timewait socket, not
-      a state change of the connection; TIME_WAIT begins when the peer's FIN arrives, and the timewait
-      socket emits no tracepoint (tcp_time_wait(), inet_twsk_hashdance). So TIME_WAIT is bracketed by
-      the peer's own events: after its FIN left (CLOSE_WAIT -> LAST_ACK), before the ACK that answers
-      that FIN arrived back (LAST_ACK -> CLOSED), since the timewait socket sends that ACK.
+      a state change of the connection: closeseq folds it into the FIN_WAIT2 step's handoff_s (drawn
+      in that state's tooltip). TIME_WAIT begins when the peer's FIN arrives, and the timewait socket
+      emits no tracepoint (tcp_time_wait(), inet_twsk_hashdance): closeseq gives it as a step of
+      source "inferred" at the peer's CLOSE_WAIT -> LAST_ACK, and the figure brackets it by the
+      peer's own events: after its FIN left, before the ACK that answers that FIN arrived back
+      (LAST_ACK -> CLOSED), since the timewait socket sends that ACK.
     - The active end's FIN is queued behind data the peer has not read (a zero window), so FIN_WAIT1
       begins at close() and the FIN reaches the peer only when it has read everything: the FIN is
       drawn when it arrives (ESTABLISHED -> CLOSE_WAIT), not when close() queued it.
@@ -45,19 +67,22 @@ def closeseq_to_sequence(result: dict, title: str | None = None) -> dict:
                             f"[{result.get('trace_unavailable') or 'no reason given'}]; states seen by polling "
                             f"every {result.get('interval_s', 0) * 1000:g} ms.")
         return out
-    active, passive = trace.get("active", []), trace.get("passive", [])
+    passive = trace.get("passive", [])
+    active = _folded(trace.get("active", []), passive)
+    fin_out, ack_back = _trace_time(passive, "CLOSE_WAIT", "LAST_ACK"), _trace_time(passive, "LAST_ACK", "CLOSED")
     for end, steps in (("active", active), ("passive", passive)):
         for step in steps:
-            if end == "active" and (step["old"], step["new"]) == ("FIN_WAIT2", "CLOSED"):
-                continue  # the hand-off to the timewait socket
-            out["states"].append({"end": end, "state": step["new"], "t_s": step["t_s"], "t_max_s": None,
-                                  "source": "trace"})
-    fin_out, ack_back = _trace_time(passive, "CLOSE_WAIT", "LAST_ACK"), _trace_time(passive, "LAST_ACK", "CLOSED")
-    handed_off = any((s["old"], s["new"]) == ("FIN_WAIT2", "CLOSED") for s in active)
-    if handed_off and fin_out is not None and ack_back is not None:
-        out["states"].append({"end": "active", "state": "TIME_WAIT", "t_s": fin_out, "t_max_s": ack_back,
-                              "source": "trace"})
-    elif handed_off:
+            state = {"end": end, "state": step["new"], "t_s": step["t_s"], "t_max_s": None,
+                     "source": step.get("source", "trace")}
+            if step.get("handoff_s") is not None:
+                state["handoff_t_s"] = step["handoff_s"]
+            if state["source"] == "inferred" and step["new"] == "TIME_WAIT" and ack_back is not None \
+                    and ack_back > step["t_s"]:
+                state["t_max_s"] = ack_back
+            out["states"].append(state)
+    handoff = next((s["handoff_s"] for s in active if s.get("handoff_s") is not None), None)
+    if handoff is not None and not any(s["new"] == "TIME_WAIT" for s in active):
+        # Handed off, but B's FIN was not traced: the poller's TIME_WAIT, bracketed by its polls.
         out["states"] += [s for s in _poll_states(result) if s["end"] == "active" and s["state"] == "TIME_WAIT"]
     fin_in, fin_acked = _trace_time(passive, "ESTABLISHED", "CLOSE_WAIT"), _trace_time(active, "FIN_WAIT1", "FIN_WAIT2")
     if fin_in is not None:
@@ -74,7 +99,10 @@ def closeseq_to_sequence(result: dict, title: str | None = None) -> dict:
                                     "t_arrive_s": ack_back, "kind": "normal"})
     out["notes"].append("Segments are inferred from the state changes they cause (no packet capture). "
                         "A's TIME_WAIT began when B's FIN arrived: between B's FIN leaving and A's ACK "
-                        "reaching B (the timewait socket emits no tracepoint).")
+                        "reaching B (the timewait socket emits no tracepoint: inferred).")
+    if handoff is not None:
+        out["notes"].append(f"A's socket was handed to a timewait socket at {handoff:.6f} s, when its FIN was "
+                            f"ACKed (the tracepoint's FIN_WAIT2 -> CLOSE); it stayed in FIN_WAIT2 until B's FIN.")
     return out
 
 

@@ -1,6 +1,6 @@
 """The expected vs observed table of one experiment report, passed/failed at a glance.
 
-Every status is a word (PASS, FAIL, SKIP; PASSED, FAILED, SKIPPED) beside its colour, so it reads in
+Every status is a word (PASS, FAIL, SKIP; PASSED, FAILED, SKIPPED, COULD NOT RUN) beside its colour, so it reads in
 grey scale, to a screen reader and to a colour-blind reader. A check whose `ok` is null could not be
 observed here: it is SKIP, never PASS."""
 
@@ -38,9 +38,14 @@ def check_status(ok) -> tuple[str, str, str]:
 
 
 def report_status(report: dict) -> tuple[str, str]:
-    """(word, palette role) of a whole experiment: SKIPPED beats everything, a failed check FAILS it."""
-    if report.get("skipped"):
+    """(word, palette role) of a whole experiment. The engine's own status (experiments.report) wins:
+    an experiment that was skipped (a requirement missing) or could not run (a privilege or feature
+    missing at run time) did not fail, whatever its checks say; without one, a failed check FAILS it."""
+    status = report.get("status")
+    if status == "skipped" or report.get("skipped"):
         return "SKIPPED", "skip"
+    if status == "cannot_run":
+        return "COULD NOT RUN", "skip"
     failed = any(c.get("ok") is False for c in report.get("checks") or [])
     if failed or not report.get("passed"):
         return "FAILED", "fail"
@@ -63,6 +68,8 @@ def checks_svg(report: dict, id_prefix: str = "checks") -> str:
     checks = [c for c in report.get("checks") or [] if isinstance(c, dict)]
     head = f"{word}: {name}"
     sub = tally(report) + (f"; skipped: {report['skipped']}" if report.get("skipped") else "")
+    if report.get("message"):  # why it stopped early: could not run, or a step failed
+        sub += f"; {'could not run' if word == 'COULD NOT RUN' else 'stopped'}: {report['message']}"
     if isinstance(report.get("duration_s"), (int, float)):
         sub += f"; {report['duration_s']:.2f} s"
     purpose = wrap(str(report.get("purpose") or ""), WIDTH - 40, FONT_PX, max_lines=3) if report.get("purpose") else []

@@ -83,7 +83,7 @@ def build(reports: list[dict], title: str | None = None) -> tuple[str, dict[str,
     """(report.html text, {file name: SVG text}) for a list of experiment report dicts."""
     files: dict[str, str] = {}
     sections, toc = [], []
-    counts = {"PASSED": 0, "FAILED": 0, "SKIPPED": 0}
+    counts = {"PASSED": 0, "FAILED": 0, "COULD NOT RUN": 0, "SKIPPED": 0}
     used: set[str] = set()
     for report in reports:
         name = str(report.get("name") or "experiment")
@@ -104,8 +104,14 @@ def build(reports: list[dict], title: str | None = None) -> tuple[str, dict[str,
                         f'(also <a href="{esc(fname)}">{esc(fname)}</a>)</figcaption></figure>')
         files[f"{slug}-checks.svg"] = checks_svg(report, f"{slug}-checks")
         sections.append(_section(report, slug, word, role, figs))
-    failed = counts["FAILED"]
-    verdict, vrole = ("FAILED", "fail") if failed else ("PASSED", "pass") if counts["PASSED"] else ("SKIPPED", "skip")
+    # The page's verdict follows the run's exit code (experiments.report.verdict): any failure fails
+    # it; else one that could not run, or nothing that ran, is not a pass.
+    if counts["FAILED"]:
+        verdict, vrole = "FAILED", "fail"
+    elif counts["COULD NOT RUN"]:
+        verdict, vrole = "COULD NOT RUN", "skip"
+    else:
+        verdict, vrole = ("PASSED", "pass") if counts["PASSED"] else ("SKIPPED", "skip")
     summary = ", ".join(f"{n} {w.lower()}" for w, n in counts.items() if n)
     page_title = title or "addrinuse experiments"
     generated = time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -151,6 +157,9 @@ def _section(report: dict, slug: str, word: str, role: str, figs: list[str]) -> 
     out.append(f'<p class="muted">{" · ".join(esc(m) for m in meta)}</p>')
     if report.get("skipped"):
         out.append(f"<p><strong>Skipped:</strong> {esc(report['skipped'])}</p>")
+    if report.get("message"):
+        why = "Could not run" if word == "COULD NOT RUN" else "Stopped"
+        out.append(f"<p><strong>{why}:</strong> {esc(report['message'])}</p>")
     checks = [c for c in report.get("checks") or [] if isinstance(c, dict)]
     if checks:
         out.append('<table><caption class="muted">Expected vs observed</caption><thead><tr><th scope="col">result'

@@ -9,7 +9,13 @@ printed beside it; the space between two rows grows with the logarithm of the re
 a microsecond, ~62 px for a minute), so a long wait still looks longer, and every gap of 1 ms or
 more is labelled ("+205 ms"), a gap of 1 s or more also with break marks across the lanes (the axis
 is not to scale there). A time known only between two polls (t_max_s not null) is drawn as a bracket
-spanning both rows, with the mark in its middle."""
+spanning both rows, with the mark in its middle.
+
+A state has one of three sources, each its own mark: the kernel tracepoint (a filled dot), inferred
+from the other end's tracepoint events (a dashed ring: TIME_WAIT begins at the peer's FIN and no
+event marks it), a poll of the table (a diamond). A polled state that the tracepoint or the inference
+already shows (same end, same state, begun by the time the poll saw it) is drawn as a small diamond
+on its bracket without a second label: one state, one label."""
 
 from __future__ import annotations
 
@@ -94,7 +100,7 @@ def sequence_svg(data: dict, id_prefix: str = "seq") -> str:
         y_of[t] = y
     rows_bottom = y + 30
     kinds = sorted({s["kind"] for s in data["segments"]}, key=shapes.SEGMENT_KINDS.index)
-    sources = {"trace" if s["source"] == "trace" else "poll" for s in data["states"]}
+    sources = {s["source"] for s in data["states"]}
     sources |= {"bracket" for s in data["states"] if s["t_max_s"] is not None}
     notes = [*data["notes"], "Rows are observed times in order, not to scale: the gap between two rows grows with "
              "the logarithm of the real gap; gaps of 1 ms or more are labelled."]
@@ -133,7 +139,7 @@ def sequence_svg(data: dict, id_prefix: str = "seq") -> str:
     for e in ends:  # lane headers and the lanes themselves are taken
         labels.take((x_of[e["id"]] - 2, lane_top, x_of[e["id"]] + 2, lane_bottom))
     for s in data["states"]:
-        _state(svg, s, x_of[s["end"]], side[s["end"]], y_of, labels, ends)
+        _state(svg, s, x_of[s["end"]], side[s["end"]], y_of, labels, ends, _shown_by(s, data["states"]))
     for s in data["segments"]:
         _segment(svg, s, x_of, y_of, labels)
     _legend(svg, legend_y, kinds, sources)
@@ -155,27 +161,60 @@ def _end_label(ends: list[dict], end_id: str) -> str:
     return next(e["label"] for e in ends if e["id"] == end_id)
 
 
-def _state(svg: Svg, s: dict, x: float, side: int, y_of: dict, labels: _Labels, ends: list[dict]) -> None:
+HOW = {"trace": "kernel tracepoint", "inferred": "inferred from the other end's tracepoint events",
+       "poll": "seen by polling the table"}
+
+
+def _shown_by(s: dict, states: list[dict]) -> dict | None:
+    """The traced or inferred state that a polled one repeats: same end and state, begun by the time
+    the poll saw it (the rule of render.sequence's text diagram too)."""
+    if s["source"] != "poll":
+        return None
+    seen = s["t_max_s"] if s["t_max_s"] is not None else s["t_s"]
+    return next((e for e in states if e["source"] != "poll" and e["end"] == s["end"] and e["state"] == s["state"]
+                 and e["t_s"] <= seen), None)
+
+
+def _diamond(svg: Svg, x: float, y: float, d: float) -> str:
+    return svg.el("path", d=f"M{x:.1f} {y - d:.1f}L{x + d:.1f} {y:.1f}L{x:.1f} {y + d:.1f}L{x - d:.1f} {y:.1f}Z",
+                  stroke_width=2 if d > 4 else 1.5, **svg.paints(fill="bg", stroke="fg"))
+
+
+def _ring(svg: Svg, x: float, y: float) -> str:
+    """The mark of an inferred state: a dashed ring, unlike the tracepoint's dot and the poll's diamond."""
+    return svg.el("circle", cx=float(x), cy=float(y), r=5, stroke_width=2, stroke_dasharray="2.6 1.6",
+                  **svg.paints(fill="bg", stroke="fg"))
+
+
+def _state(svg: Svg, s: dict, x: float, side: int, y_of: dict, labels: _Labels, ends: list[dict],
+           shown_by: dict | None = None) -> None:
     y0 = y_of[_key(s["t_s"])]
     bracket = s["t_max_s"] is not None
     y1 = y_of[_key(s["t_max_s"])] if bracket else y0
     ym = _mark_y(s, y_of)
     when = (f"between {s['t_s']:.6f} and {s['t_max_s']:.6f} s" if bracket else f"at {s['t_s']:.6f} s")
-    how = "kernel tracepoint" if s["source"] == "trace" else f"{s['source']}"
-    tip = f"{_end_label(ends, s['end'])}: {s['state']} {when} ({how})"
+    tip = f"{_end_label(ends, s['end'])}: {s['state']} {when} ({HOW[s['source']]})"
+    if s["handoff_t_s"] is not None:
+        tip += f"; its full socket was handed to a timewait socket at {s['handoff_t_s']:.6f} s, still {s['state']}"
+    if shown_by is not None:
+        tip += f"; the same {s['state']} as the {shown_by['source']} mark at {shown_by['t_s']:.6f} s"
     parts = [svg.el("title", esc(tip))]
+    bx = x + side * 9
     if bracket:  # a bracket beside the lane, on the label's side, from one poll to the next
-        bx = x + side * 9
         parts += [svg.line(bx, y0, bx, y1, role="fg", width=1.5),
                   svg.line(bx, y0, bx - side * 5, y0, role="fg", width=1.5),
                   svg.line(bx, y1, bx - side * 5, y1, role="fg", width=1.5)]
+    if shown_by is not None:  # no second label: a small diamond on the bracket says the poll saw it too
+        parts.append(_diamond(svg, bx, ym, 3.5))
+        svg.raw(svg.el("g", "".join(parts), data_role="state-mark", data_end=s["end"], data_state=s["state"],
+                       data_source=s["source"], data_repeats=shown_by["source"]))
+        return
     if s["source"] == "trace":
         parts.append(svg.el("circle", cx=float(x), cy=float(ym), r=5, **svg.paint("fg", "fill")))
+    elif s["source"] == "inferred":
+        parts.append(_ring(svg, x, ym))
     else:
-        d = 6
-        parts.append(svg.el("path", d=f"M{x:.1f} {ym - d:.1f}L{x + d:.1f} {ym:.1f}L{x:.1f} {ym + d:.1f}"
-                                     f"L{x - d:.1f} {ym:.1f}Z", stroke_width=2,
-                            **svg.paints(fill="bg", stroke="fg")))
+        parts.append(_diamond(svg, x, ym, 6))
     # The label: beside the mark, pushed down past any label already there (marks close in time).
     w = text_width(s["state"], 13) + 4
     lx = x + side * (20 if bracket else 14)
@@ -189,7 +228,8 @@ def _state(svg: Svg, s: dict, x: float, side: int, y_of: dict, labels: _Labels, 
     if abs(ly - (ym + 5)) > 6:  # displaced: a leader line ties the label to its mark
         parts.append(svg.line(x + side * 6, ym, lx - side * 2, ly - 4, role="muted", width=0.8))
     parts.append(svg.text(lx, ly, s["state"], size=13, anchor="end" if side < 0 else "start", bold=True))
-    svg.raw(svg.el("g", "".join(parts), data_role="state-mark", data_end=s["end"], data_state=s["state"]))
+    svg.raw(svg.el("g", "".join(parts), data_role="state-mark", data_end=s["end"], data_state=s["state"],
+                   data_source=s["source"]))
 
 
 def _arrowhead(svg: Svg, x1, y1, x2, y2, role: str) -> str:
@@ -252,6 +292,8 @@ def _break(svg: Svg, lane_x: list[float], y: float) -> None:
 
 def _legend_items(kinds: list[str], sources: set) -> list[tuple[str, str]]:
     items = [(what, label) for what, label in (("trace", "state change at its kernel tracepoint time"),
+                                               ("inferred", "state change inferred from the other end's "
+                                                            "events (no tracepoint marks it)"),
                                                ("poll", "state seen by polling"),
                                                ("bracket", "a bracket: the change happened between these two times"))
              if what in sources]
@@ -279,13 +321,15 @@ def _legend(svg: Svg, y: float, kinds: list[str], sources: set) -> None:
         yy = y + 24 * row
         if what == "trace":
             svg.raw(svg.el("circle", cx=x + 10, cy=yy - 4, r=5, **svg.paint("fg", "fill")))
+        elif what == "inferred":
+            svg.raw(_ring(svg, x + 10, yy - 4))
         elif what == "bracket":
             svg.raw(svg.line(x + 10, yy - 12, x + 10, yy + 4, width=1.5))
             svg.raw(svg.line(x + 10, yy - 12, x + 15, yy - 12, width=1.5))
             svg.raw(svg.line(x + 10, yy + 4, x + 15, yy + 4, width=1.5))
         elif what == "poll":
             svg.raw(svg.el("path", d=f"M{x + 10} {yy - 10}L{x + 16} {yy - 4}L{x + 10} {yy + 2}L{x + 4} {yy - 4}Z",
-                               fill="none", stroke_width=2, **svg.paint("fg", "stroke")))
+                           fill="none", stroke_width=2, **svg.paint("fg", "stroke")))
         else:
             role = what
             end = x + 18 if what == "lost" else x + 24
@@ -308,7 +352,10 @@ def _desc(data: dict) -> str:
         for s in sorted((s for s in data["states"] if s["end"] == e["id"]), key=lambda s: s["t_s"]):
             when = (f"between {s['t_s']:.6f} and {s['t_max_s']:.6f} s" if s["t_max_s"] is not None
                     else f"at {s['t_s']:.6f} s")
-            steps.append(f"{s['state']} {when} ({s['source']})")
+            step = f"{s['state']} {when} ({s['source']})"
+            if s["handoff_t_s"] is not None:
+                step += f" (handed to a timewait socket at {s['handoff_t_s']:.6f} s)"
+            steps.append(step)
         if steps:
             out.append(f"{e['label']}: " + ", ".join(steps) + ".")
     for s in sorted(data["segments"], key=lambda s: s["t_s"]):

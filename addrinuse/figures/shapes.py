@@ -9,6 +9,9 @@ import math
 from addrinuse.errors import FigureInputError
 
 SEGMENT_KINDS = ("normal", "retransmit", "lost", "rst")
+# Where a state's time comes from: the kernel tracepoint; inferred from the other end's tracepoint
+# events (TIME_WAIT's start emits no event: addrinuse.tracepoint.lane); a poll of the table.
+STATE_SOURCES = ("trace", "inferred", "poll")
 
 
 def number(figure: str, where: str, value, nullable: bool = False) -> float | None:
@@ -56,8 +59,13 @@ def sequence(data: dict) -> dict:
         t_max = number(fig, f"{at}.t_max_s", s.get("t_max_s"), nullable=True)
         if t_max is not None and t_max < t:
             raise FigureInputError(fig, f"{at}.t_max_s", f"{t_max} is before t_s {t}")
+        source = s.get("source") or "poll"
+        if source not in STATE_SOURCES:
+            raise FigureInputError(fig, f"{at}.source", f"{source!r} is not one of {', '.join(STATE_SOURCES)}")
         states.append({"end": end(f"{at}.end", s.get("end")), "state": text(fig, f"{at}.state", s.get("state")),
-                       "t_s": t, "t_max_s": t_max, "source": str(s.get("source") or "poll")})
+                       "t_s": t, "t_max_s": t_max, "source": source,
+                       # A FIN_WAIT2 whose full socket was handed to a timewait socket (still FIN_WAIT2).
+                       "handoff_t_s": number(fig, f"{at}.handoff_t_s", s.get("handoff_t_s"), nullable=True)})
     segments = []
     for i, s in enumerate(items(fig, data, "segments")):
         at = f"segments[{i}]"

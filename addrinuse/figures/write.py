@@ -96,8 +96,9 @@ def write_files(directory: str | os.PathLike, files: dict[str, str]) -> int:
         os.close(fd)
 
 
-def write_svg(path: str | os.PathLike, svg: str) -> Path:
-    """One figure to a file (`watch --svg FILE`): its directory must exist; the file is replaced atomically."""
+def check_svg_path(path: str | os.PathLike) -> Path:
+    """Refuse, before anything runs, a path write_svg() could not write (ReportPathError, exit 2):
+    not a file name, a missing directory, a directory, a directory this user cannot write."""
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise ReportPathError(str(path), "is not a file name", "give a file path such as counts.svg")
@@ -106,6 +107,15 @@ def write_svg(path: str | os.PathLike, svg: str) -> Path:
         raise ReportPathError(str(parent), "no such directory", "create it first, or give a path in an existing one")
     if path.is_dir():
         raise ReportPathError(str(path), "is a directory", "give a file path such as counts.svg")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ReportPathError(str(parent), "is not writable by this user", "give a path in a directory you can write to")
+    return path
+
+
+def write_svg(path: str | os.PathLike, svg: str) -> Path:
+    """One figure to a file (`watch --svg FILE`): its directory must exist; the file is replaced atomically."""
+    path = check_svg_path(path)
+    parent = path.parent
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _write_at(fd, parent, path.name, svg.encode())
