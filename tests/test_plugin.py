@@ -7,7 +7,6 @@ fixtures directly: the plugin is installed in this venv, so this session has the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import os
 import shutil
@@ -16,27 +15,28 @@ import socket
 import socketserver
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from addrinuse.errors import BadInput
-from addrinuse.server import ServerConfig
 from addrinuse.testing import PortAssertion, ServerFactory
 from addrinuse.testing import procs
 from addrinuse.testing.culprit import find
-from addrinuse.testing.servers import new_registry
+from tests.helpers import wait_for
 
 pytest_plugins = ["pytester"]
 
 SECTION = "addrinuse diagnosis"
-HAS_COMMAND = "command" in {f.name for f in dataclasses.fields(ServerConfig)}
-needs_command = pytest.mark.skipif(not HAS_COMMAND, reason="ServerConfig.command (the user's own server) is not "
-                                                           "in this addrinuse yet (branch security)")
 CAN_NETNS = os.geteuid() == 0 and bool(shutil.which("unshare")) and bool(shutil.which("ip"))
-# Other people's programs on this machine use the same port numbers on other loopback addresses,
-# and the diagnosis (diagnose.diagnose) counts every entry on the port number: exact verdicts are
-# checked where only this test's sockets exist.
+# Where a test needs a table that holds only its own sockets (an exact count of TIME_WAIT entries,
+# a narrowed ip_local_port_range), its inner run gets a network namespace of its own; elsewhere
+# the busy machine's listeners and connections on 127.0.0.2-5 share the port numbers under test.
 needs_netns = pytest.mark.skipif(not CAN_NETNS, reason="a network namespace of its own needs root, unshare and ip")
+# The busy-machine process (tests/busy.py; None when ADDRINUSE_TEST_BUSY=0): it may listen on
+# 127.0.0.2:PORT for any PORT a test listens on at 127.0.0.1, so a verdict must never blame it.
+BUSY_PID = os.environ.get("ADDRINUSE_TEST_BUSY_PID")
+NOT_IN_THE_WAY = "Also on this port, does not conflict:"
 
 
 def inner(pytester, source: str, *args: str, netns: bool = False):
@@ -50,33 +50,71 @@ def inner(pytester, source: str, *args: str, netns: bool = False):
                         str(path), timeout=120)
 
 
-def section(result) -> str:
-    """The diagnosis section's text (between its header and the next header), as one line."""
+def section(result) -> dict[str, str]:
+    """The diagnosis section as fields: "head" (its first line), then one field per unindented
+    "label: text" line with its indented continuation lines ("found from", "frees", "verdict",
+    "listeners", ...); each field's text wrapped lines joined, spaces collapsed."""
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if SECTION in line and line.startswith("-"))
     end = next((i for i in range(start + 1, len(lines)) if lines[i][:3] in ("___", "---", "===")), len(lines))
-    return " ".join(" ".join(lines[start + 1:end]).split())  # wrapped lines joined, spaces collapsed
+    fields = {"head": lines[start + 1]}
+    label = None
+    for line in lines[start + 2:end]:
+        if not line.startswith(" "):
+            label, _, line = line.partition(":")
+            fields[label] = ""
+        fields[label] = " ".join((fields[label] + " " + line).split())
+    return fields
 
 
+def blamed(verdict: str) -> str:
+    """The part of a verdict that says what is in the way (before the listeners it clears)."""
+    return verdict.partition(NOT_IN_THE_WAY)[0]
+
+
+def assert_busy_not_blamed(verdict: str) -> None:
+    if BUSY_PID:
+        assert f"pid {BUSY_PID}" not in blamed(verdict), verdict
+
+
+# The failing test writes the facts to check (its pid, the port) before it fails.
 LISTENER_TEST = """
-import socket
+import os, socket
 
 def test_restart_while_listening():
     old = socket.create_server(("127.0.0.1", 0))
     port = old.getsockname()[1]
+    open("facts", "w").write(f"{os.getpid()} {port}")
     new = socket.socket()
     new.bind(("127.0.0.1", port))
 """
 
 
+def facts(pytester) -> tuple[int, int]:
+    pid, port = (pytester.path / "facts").read_text().split()
+    return int(pid), int(port)
+
+
+def assert_listener_facts(fields: dict, pid: int, port: int) -> None:
+    """The port, the holder (this pid, listening on it, the inner pytest itself), the kind of
+    estimate (none: a live listener frees when its holder lets go), the fix (stop it)."""
+    assert fields["head"] == f"EADDRINUSE (98) from bind() on 127.0.0.1:{port}"
+    verdict = fields["verdict"]
+    assert f"127.0.0.1:{port}" in verdict and "fails" in verdict.split(". ")[0]  # both answers first
+    assert f"pid {pid}" in blamed(verdict) and f"listens on 127.0.0.1:{port}: stop it" in verdict
+    assert_busy_not_blamed(verdict)
+    assert f"held by this pytest process itself (pid {pid})" in fields
+    assert fields["frees"].startswith("when it is released (unknown:") and f"pid {pid}" in fields["frees"]
+
+
 def test_failure_gets_diagnosis_section(pytester):
     result = inner(pytester, LISTENER_TEST)
     result.assert_outcomes(failed=1)
-    text = section(result)
-    assert "EADDRINUSE (98) from bind() on 127.0.0.1:" in text
-    assert 'found from: the call `new.bind(("127.0.0.1", port))`' in text
-    assert "is listening on it" in text and "held by this pytest process itself" in text
-    assert "frees: when the holder closes it or exits" in text
+    fields = section(result)
+    line = (pytester.path / "test_failure_gets_diagnosis_section.py").read_text().splitlines().index(
+        '    new.bind(("127.0.0.1", port))') + 1
+    assert fields["found from"] == f'the call `new.bind(("127.0.0.1", port))` at test_failure_gets_diagnosis_section.py:{line}'
+    assert_listener_facts(fields, *facts(pytester))
 
 
 def test_disabled_with_p_no(pytester):
@@ -89,9 +127,49 @@ def test_disabled_with_p_no(pytester):
 def test_section_reaches_junit_xml_and_xdist(pytester):
     result = inner(pytester, LISTENER_TEST, "-n", "1", "--junit-xml=report.xml")
     result.assert_outcomes(failed=1)
-    assert "is listening on it" in section(result)  # shipped from the xdist worker
+    pid, port = facts(pytester)  # the xdist worker's pid: the section was computed there, then shipped
+    assert_listener_facts(section(result), pid, port)
     xml = (pytester.path / "report.xml").read_text()
-    assert "addrinuse diagnosis" in xml and "is listening on it" in xml
+    assert "addrinuse diagnosis" in xml and f"listens on 127.0.0.1:{port}: stop it" in " ".join(xml.split())
+
+
+def test_listener_on_another_address_is_not_blamed(pytester):
+    """Another process listens on the same port number at 127.0.0.7 (as the busy machine does at
+    127.0.0.2, but every run): the verdict names it as not in the way, and blames only the holder
+    of 127.0.0.1:PORT."""
+    result = inner(pytester, """
+        import os, socket, subprocess, sys
+        import pytest
+
+        @pytest.fixture
+        def old():
+            s = socket.create_server(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            other = subprocess.Popen([sys.executable, "-c", "import socket, sys; "
+                                      f"s = socket.create_server(('127.0.0.7', {port})); print('ready', flush=True); "
+                                      "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert other.stdout.readline() == "ready\\n"
+            open("facts", "w").write(f"{os.getpid()} {port} {other.pid}")
+            yield s
+            other.stdin.close()  # it exits at EOF; waited for here
+            other.wait(timeout=10)
+            other.stdout.close()
+
+        def test_restart(old):
+            new = socket.socket()
+            new.bind(old.getsockname())
+    """)
+    result.assert_outcomes(failed=1)
+    pid, port, other = map(int, (pytester.path / "facts").read_text().split())
+    fields = section(result)
+    assert_listener_facts(fields, pid, port)
+    # The address read from the old socket by its getsockname(); diagnosed as the new one binds: plain.
+    assert fields["found from"].startswith("the call `new.bind(old.getsockname())`")
+    assert any(label.startswith(f"port {port} on 127.0.0.1, for a plain server") for label in fields)
+    verdict = fields["verdict"]
+    assert f"pid {other}" not in blamed(verdict)
+    assert f"pid {other}, user root) on 127.0.0.7:{port}: 127.0.0.7 is another address" in verdict.partition(
+        NOT_IN_THE_WAY)[2]
 
 
 @needs_netns
@@ -105,10 +183,17 @@ def test_time_wait_diagnosis_from_socket_call_error(pytester):
             bind_listen("127.0.0.1", tw.port, SocketOptions(reuseaddr=True))
     """, netns=True)
     result.assert_outcomes(failed=1)
-    text = section(result)
-    assert "found from: the exception (AddressInUse.port)" in text
-    assert "TIME_WAIT 3 the last expires in" in text and "frees: in " in text
-    assert "3 TIME_WAIT entries from a server-side close" in text
+    fields = section(result)
+    assert fields["found from"] == "the exception (AddressInUse.port)"
+    port = int(fields["head"].rpartition(":")[2])
+    assert fields["head"] == f"EADDRINUSE (98) from bind() on 127.0.0.1:{port}"
+    # The listener is gone (the fixture closed it) and the run started no server: nothing here says which end.
+    assert "TIME_WAIT 3 closed first here; last ends in" in fields["kernel-held entries"]
+    assert fields["frees"].startswith("in ") and "(exact: the last of 3 TIME_WAIT timers)" in fields["frees"]
+    verdict = fields["verdict"]
+    assert verdict.startswith(f"A bind of 127.0.0.1:{port} fails, plain and with SO_REUSEADDR")
+    assert "3 TIME_WAIT entries left by connections this host closed first" in verdict
+    assert "SO_REUSEADDR will not help" in verdict  # the fix: the old listener did not set it
 
 
 @needs_netns
@@ -121,13 +206,17 @@ def test_diagnosis_names_the_fixture_server(pytester):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             addr = srv.address
+            open("facts", "w").write(f"{srv.pid} {srv.port}")
             s.bind(addr)
     """, netns=True)
     result.assert_outcomes(failed=1)
-    text = section(result)
-    assert "for a server that sets SO_REUSEADDR" in text  # read from the failing socket's options
-    assert "found from: the call `s.bind(addr)`" in text
-    assert "this test's addrinuse_server 'srv-" in text
+    fields = section(result)
+    pid, port = facts(pytester)
+    # Diagnosed as the failing socket was set up (SO_REUSEADDR), read from it.
+    assert any(label.startswith(f"port {port} on 127.0.0.1, for a server that sets SO_REUSEADDR") for label in fields)
+    assert fields["found from"].startswith("the call `s.bind(addr)`")
+    assert f"this test's addrinuse_server 'srv-{port}' (pid {pid}) on 127.0.0.1" in fields
+    assert f"pid {pid}" in blamed(fields["verdict"]) and "stop it" in fields["verdict"]
 
 
 def test_not_an_address_of_this_machine(pytester):
@@ -139,7 +228,9 @@ def test_not_an_address_of_this_machine(pytester):
             socket.socket().bind(("192.0.2.1", 0))
     """)
     result.assert_outcomes(failed=1)
-    assert "is not an address of this machine" in section(result)
+    fields = section(result)
+    assert fields["head"] == "EADDRNOTAVAIL (99) from bind() on 192.0.2.1:0"
+    assert fields["verdict"].startswith("192.0.2.1 is not an address of this machine")
 
 
 @needs_netns
@@ -155,6 +246,7 @@ def test_connect_ports_exhausted_in_own_namespace(pytester):
             assert os.stat("/proc/self/ns/net").st_ino != {host_netns}, "not in a network namespace of our own"
             listener = socket.create_server(("127.0.0.1", 0))  # before the range shrinks: it takes none of it
             addr = listener.getsockname()
+            open("facts", "w").write(f"{{os.getpid()}} {{addr[1]}}")
             with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
                 f.write("40000 40001")
             clients = []
@@ -164,10 +256,14 @@ def test_connect_ports_exhausted_in_own_namespace(pytester):
                 c.connect(addr)
     """, netns=True)
     result.assert_outcomes(failed=1)
-    text = section(result)
-    assert "EADDRNOTAVAIL (99) from connect()" in text
-    assert "ip_local_port_range 40000-40001 (2 ports)" in text
-    assert "2 ESTABLISHED" in text and "every local port toward this destination is taken" in text
+    fields = section(result)
+    pid, port = facts(pytester)
+    assert fields["head"] == f"EADDRNOTAVAIL (99) from connect() on 127.0.0.1:{port}"
+    assert fields["local ports"] == f"ip_local_port_range 40000-40001, 2 usable; 2 of them connected to 127.0.0.1:{port} (2 ESTABLISHED)"
+    assert fields[f"held by pid {pid} (this pytest process itself)"] == ""
+    verdict = fields["verdict"]
+    assert verdict.startswith(f"connect() to 127.0.0.1:{port} fails with EADDRNOTAVAIL")
+    assert "widen net.ipv4.ip_local_port_range" in verdict and "tcp_tw_reuse" in verdict
 
 
 def test_other_failures_get_no_section(pytester):
@@ -223,7 +319,6 @@ def test_leaked_process_fails_the_test(pytester, tmp_path):
     assert not procs.alive(pid)
 
 
-@needs_command
 def test_user_command_that_forks_fails_the_test(pytester):
     """The user's server forks a worker into its session and the stop signal ends only the shell:
     the worker still listens, so the fixture fails the test and kills it."""
@@ -241,18 +336,23 @@ def test_user_command_that_forks_fails_the_test(pytester):
 
 def test_setup_failure_gets_section(pytester):
     result = inner(pytester, """
-        import pytest, socket
+        import os, pytest, socket
 
         @pytest.fixture
         def second():
             first = socket.create_server(("127.0.0.1", 0))
+            open("facts", "w").write(f"{os.getpid()} {first.getsockname()[1]}")
             yield socket.create_server(first.getsockname())
 
         def test_uses_it(second):
             pass
     """)
     result.assert_outcomes(errors=1)
-    assert "is listening on it" in section(result)
+    pid, port = facts(pytester)
+    fields = section(result)
+    assert fields["verdict"].startswith(f"A bind of 127.0.0.1:{port} fails")
+    assert f"pid {pid}" in blamed(fields["verdict"]) and f"held by this pytest process itself (pid {pid})" in fields
+    assert_busy_not_blamed(fields["verdict"])
 
 
 def test_plugin_import_stays_light():
@@ -272,18 +372,46 @@ def test_server_options_decide_the_restart(addrinuse_server, assert_bind_fails, 
     assert wait_port_free(srv.port, as_="reuseaddr", timeout=5) < 5  # ...not one that sets it too
 
 
-@needs_command
-def test_user_command_server(addrinuse_server, assert_bind_fails, tmp_path):
+def test_user_command_server(addrinuse_server, assert_bind_fails, wait_port_free, tmp_path):
+    """The user's own server (python3 -m http.server), stopped with its chosen signal."""
     srv = addrinuse_server(command=[sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1",
-                                    "--directory", str(tmp_path)])
-    assert_bind_fails(srv.port)  # it listens (http.server sets SO_REUSEADDR: so must the next one)
-    srv.stop()
+                                    "--directory", str(tmp_path)], stop_signal="INT")
+    assert procs.stat(srv.pid).session == srv.pid  # a session of its own: what it forks is found at teardown
+    assert procs.cmdline(srv.pid).endswith(f"-m http.server {srv.port} --bind 127.0.0.1 --directory {tmp_path}")
+    assert assert_bind_fails(srv.port, as_="reuseaddr") == "bind"  # it listens on 127.0.0.1:port
+    outcome = srv.stop().stopped[0]
+    assert outcome.exited and outcome.signal == "INT"
+    assert wait_port_free(srv.port, timeout=5) < 5  # no connections, so nothing left behind
 
 
-@pytest.mark.skipif(HAS_COMMAND, reason="this addrinuse has ServerConfig.command")
-def test_user_command_needs_support(addrinuse_server):
-    with pytest.raises(BadInput, match="command= needs an addrinuse whose ServerConfig has 'command'"):
-        addrinuse_server(command=["true", "{port}"])
+def test_user_command_bad_stop_signal(addrinuse_server):
+    with pytest.raises(BadInput, match="stop_signal='USR1' is not one of TERM, INT, HUP, QUIT, KILL"):
+        addrinuse_server(command=["true", "{port}"], stop_signal="USR1")
+
+
+def test_server_from_another_thread_is_refused(addrinuse_server):
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(BadInput, match="call it from the test's main thread"):
+            pool.submit(addrinuse_server).result()
+    assert addrinuse_server.handles == []
+
+
+def test_server_started_from_a_thread_dies_with_it():
+    """Why the factory refuses other threads: PR_SET_PDEATHSIG fires when the parent *thread*
+    exits (prctl(2)), so a tied server started from a short-lived thread is killed when it ends."""
+    from addrinuse.control import start_server
+    from addrinuse.registry import MemoryRegistry
+    from addrinuse.server import ServerConfig
+
+    with MemoryRegistry() as registry:
+        with ThreadPoolExecutor(1) as pool:  # the thread ends when the pool shuts down
+            record = pool.submit(start_server, registry, ServerConfig()).result()
+        wait_for(lambda: not procs.alive(record.pid), what=f"server pid {record.pid} to die with its thread")
+        assert registry.load()[0] == []  # its record went with it
+    try:
+        os.waitpid(record.pid, 0)
+    except ChildProcessError:
+        pass  # reaped already
 
 
 def test_linger0_server_leaves_nothing(addrinuse_server, wait_port_free):
@@ -307,8 +435,8 @@ def test_server_killed_by_the_test_is_reaped(addrinuse_server):
     assert procs.stat(srv.pid) is None  # reaped: no zombie left behind
 
 
-def test_finish_reports_and_kills_survivors(tmp_path):
-    factory = ServerFactory(new_registry(lambda: tmp_path / "state"), stop_timeout=0.3)
+def test_finish_reports_and_kills_survivors():
+    factory = ServerFactory(stop_timeout=0.3)
     srv = factory()
     os.kill(srv.pid, signal.SIGSTOP)  # SIGTERM stays pending: the stop cannot end it
     survivors = factory.finish()
@@ -353,8 +481,15 @@ def test_time_wait_bad_input(addrinuse_time_wait, kwargs, words):
 def test_wait_port_free_times_out_with_the_verdict(wait_port_free):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    with pytest.raises(PortAssertion, match=r"is listening on it .*still not free for plain after"):
+    with pytest.raises(PortAssertion) as info:
         wait_port_free(port, timeout=0.2)
+    message, d = str(info.value), info.value.diagnosis
+    assert message.startswith(f"127.0.0.1:{port} still not free for plain after ")
+    assert f"pid {os.getpid()}" in blamed(message) and f"listens on 127.0.0.1:{port}: stop it" in message
+    assert_busy_not_blamed(message)
+    # The same facts, from the Diagnosis the message was made of: only this process's listener is in the way.
+    assert not d.free and d.free_in.kind == "unknown"
+    assert [(h.laddr, h.pid) for h in d.listeners if h.conflicts] == [("127.0.0.1", os.getpid())]
     listener.close()
     assert wait_port_free(port, timeout=5) < 5
 
@@ -364,15 +499,19 @@ def test_assert_bind_fails_messages(assert_bind_fails):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    # "free", or "free for a plain server (N TIME_WAIT entries on the port allow it)": others' entries
-    # on this port number at other addresses do not block a bind to 127.0.0.1.
-    with pytest.raises(PortAssertion, match=r"^free\b.*\(expected bind\+listen as plain to fail with EADDRINUSE; "
-                                            r"it succeeded\)$"):
+    # Free: others' entries on this port number at other addresses do not block a bind to 127.0.0.1.
+    with pytest.raises(PortAssertion) as info:
         assert_bind_fails(port)
+    assert str(info.value).startswith(f"expected bind+listen of 127.0.0.1:{port} as plain to fail with EADDRINUSE; "
+                                      "it succeeded. ")
+    assert info.value.diagnosis.free and info.value.diagnosis.free_in.kind == "now"
     assert assert_bind_fails(port, errno=errno.EADDRNOTAVAIL, host="192.0.2.1") == "bind"
     listener = socket.create_server(("127.0.0.1", 0))
-    with pytest.raises(PortAssertion, match="is listening on it .*failed with EADDRINUSE instead"):
-        assert_bind_fails(listener.getsockname()[1], errno=errno.EADDRNOTAVAIL)
+    port = listener.getsockname()[1]
+    with pytest.raises(PortAssertion) as info:
+        assert_bind_fails(port, errno=errno.EADDRNOTAVAIL)
+    assert "to fail with EADDRNOTAVAIL; it failed with EADDRINUSE instead. " in str(info.value)
+    assert f"pid {os.getpid()}" in blamed(str(info.value)) and f"listens on 127.0.0.1:{port}" in str(info.value)
     listener.close()
 
 
@@ -434,4 +573,5 @@ def test_culprit_not_found_then_fixture(busy_port):
     server = socket.create_server(("127.0.0.1", 0))
     c = find(exc, {"my_server": server})
     assert c.port == server.getsockname()[1] and c.how == "the fixture 'my_server'"
+    assert c.mode == "plain"  # the fixture's SO_REUSEADDR is the holder's option, not the failing socket's
     server.close()
