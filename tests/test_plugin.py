@@ -196,6 +196,44 @@ def test_time_wait_diagnosis_from_socket_call_error(pytester):
     assert "SO_REUSEADDR will not help" in verdict  # the fix: the old listener did not set it
 
 
+# The README's example, verbatim: a server restarted on its port over the TIME_WAIT entries its
+# predecessor left (captured in a network namespace of its own, as here).
+README_TEST = """
+import socket
+
+
+def serve(port):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+def test_restart_on_the_same_port(addrinuse_server):
+    old = addrinuse_server(reuseaddr=True)  # like nginx, redis, http.server
+    old.connect(3)                          # three clients; the server closes first
+    old.stop()
+    serve(old.port)                         # the new server does not set SO_REUSEADDR
+"""
+
+
+@needs_netns
+def test_readme_example(pytester):
+    result = inner(pytester, README_TEST, netns=True)
+    result.assert_outcomes(failed=1)
+    fields = section(result)
+    port = int(fields["head"].rpartition(":")[2])
+    assert fields["head"] == f"EADDRINUSE (98) from bind() on 127.0.0.1:{port}"
+    assert fields["found from"] == 'the call `s.bind(("127.0.0.1", port))` at test_readme_example.py:6'
+    # Its own server's port, so the entries are known to be the server end although it has stopped.
+    assert "TIME_WAIT 3 server end; last ends in" in fields["kernel-held entries"]
+    assert fields["frees"].startswith("in ") and "(exact: the last of 3 TIME_WAIT timers)" in fields["frees"]
+    verdict = fields["verdict"]
+    assert verdict.startswith(f"A plain bind of 127.0.0.1:{port} fails (EADDRINUSE); one with SO_REUSEADDR succeeds.")
+    assert "3 TIME_WAIT entries left by a server-side close" in verdict
+    assert "A server that sets SO_REUSEADDR can bind now" in verdict  # the fix
+
+
 @needs_netns
 def test_diagnosis_names_the_fixture_server(pytester):
     result = inner(pytester, """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import NamedTuple
 
 from addrinuse.render import endpoint as _endpoint
 from addrinuse.testing.culprit import Culprit
@@ -37,13 +38,24 @@ def _verdict(text: str) -> list[str]:
     return ["verdict:", wrap(text, "  ")]
 
 
+class _Served(NamedTuple):
+    """A server this test started, as diagnose's `records` reads it: where it listened tells which
+    end the entries it left are (the server end), even after it stopped. No pid: a holder is
+    never named after it, since `addrinuse kill NAME` cannot reach a test's in-memory server;
+    the lines below name it instead."""
+    pid: None
+    name: str
+    host: str
+    port: int
+
+
 def _in_use(c: Culprit, servers) -> list[str]:
     """`addrinuse why` for the port (probes, holders, when it frees), then what only the test knows
     (its own process, its addrinuse_server servers) among the holders in the way, then the verdict."""
     from addrinuse.diagnose import diagnose
     from addrinuse.render.diagnosis import diagnosis
 
-    d = diagnose(c.port, host=c.host, mode=c.mode)
+    d = diagnose(c.port, host=c.host, mode=c.mode, records=[_Served(None, s.name, s.host, s.port) for s in servers])
     lines = diagnosis(d).splitlines()
     at = lines.index("verdict:") if "verdict:" in lines else len(lines)
     # Only the sockets in the way of this bind: a holder on another address of the same port
