@@ -1,8 +1,9 @@
 """pytest plugin (entry point pytest11 `addrinuse`; disable with `-p no:addrinuse`).
 
 Fixtures:
-  addrinuse_server      factory: a real server process with chosen socket options; all are stopped
-                        at teardown, and the test fails if anything they started survives
+  addrinuse_server      factory: a real server process with chosen socket options, or the user's own
+                        command; all are stopped at teardown, and the test fails if anything they
+                        started survives. Call it from the test's main thread.
   addrinuse_time_wait   factory: leave a port with N TIME_WAIT entries from the server or client side
   wait_port_free        wait_port_free(port, as_="plain", timeout=63.0, host="127.0.0.1") -> seconds
   assert_bind_fails     assert_bind_fails(port, errno=EADDRINUSE, as_="plain", host="127.0.0.1")
@@ -19,13 +20,16 @@ import pytest
 
 
 @pytest.fixture
-def addrinuse_server(request):
+def addrinuse_server():
     """Start real servers: addrinuse_server(reuseaddr=True, close="server-first", linger0=False, ...)
+    or addrinuse_server(command=["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"],
+    stop_signal="INT")
     returns a handle with .host, .port, .pid, .connect(n), .stop(). Set .stop_timeout to change how
-    long teardown waits (5 s) for each server to exit after SIGTERM."""
-    from addrinuse.testing.servers import ServerFactory, new_registry
+    long teardown waits (5 s) for each server to exit after its stop signal. The servers are
+    recorded in memory only and die with this process (PR_SET_PDEATHSIG) whatever ends it."""
+    from addrinuse.testing.servers import ServerFactory
 
-    factory = ServerFactory(new_registry(lambda: request.getfixturevalue("tmp_path") / "addrinuse"))
+    factory = ServerFactory()
     yield factory
     survivors = factory.finish()
     if survivors:

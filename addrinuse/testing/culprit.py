@@ -6,9 +6,11 @@ In order, first answer wins (`Culprit.how` says which one answered, and the repo
    a. the call that raised, read from the source at the exact instruction (co_positions): for
       `X.bind(A)`, `X.connect(A)`, `create_server(A)`, `create_connection(A)` the address A, and
       for `X.listen()` the address X is bound to. A and X are evaluated only when they are
-      literals, names, tuples or instance attributes (no code of the test runs: no calls, no
-      properties). The socket X also gives the options (SO_REUSEADDR/SO_REUSEPORT) to diagnose as.
-   b. the frame's locals: an address tuple (host, port), then a bound socket.
+      literals, names, tuples, instance attributes or a real socket's `getsockname()` (no code of
+      the test runs: no other calls, no properties). The socket X also gives the options
+      (SO_REUSEADDR/SO_REUSEPORT) to diagnose as.
+   b. the frame's locals: an address tuple (host, port), then a bound socket (the holder: its
+      options are not the failing socket's, which stay those of X when the call named it).
 3. the test's fixtures: a bound socket, a server of addrinuse_server; only when they hold exactly
    one port between them (a guess otherwise).
 Limits: a bind done in C (an extension) or in another process leaves no frame here; an error
@@ -22,6 +24,7 @@ import ast
 import errno
 import linecache
 import socket
+import _socket
 from typing import NamedTuple
 
 WATCHED = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
@@ -92,7 +95,8 @@ def _from_frames(err: BaseException) -> Culprit | None:
         if any(part in code.co_filename for part in SKIP_FILES):
             continue
         where = f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
-        found = _from_call(err.errno, tb, where) or _from_locals(err.errno, tb.tb_frame.f_locals, where)
+        found, mode = _from_call(err.errno, tb, where)
+        found = found or _from_locals(err.errno, tb.tb_frame.f_locals, where, mode)
         if found:
             return found
     return None
@@ -128,14 +132,16 @@ def call_source(tb) -> str | None:
     return b"".join(lines).decode(errors="replace")
 
 
-def _from_call(code: int, tb, where: str) -> Culprit | None:
+def _from_call(code: int, tb, where: str) -> tuple[Culprit | None, str]:
+    """The culprit from the call that raised, and the failing socket's options ("plain" when the
+    socket is not known) for the fallbacks to use when the call's address could not be read."""
     text = call_source(tb)
     try:
         node = ast.parse(text.strip(), mode="eval").body if text else None
     except SyntaxError:
-        return None
+        return None, "plain"
     if not isinstance(node, ast.Call):
-        return None
+        return None, "plain"
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
     frame = tb.tb_frame
@@ -151,40 +157,43 @@ def _from_call(code: int, tb, where: str) -> Culprit | None:
         try:
             address = _value(node.args[0], frame)
         except _Unknown:
-            return None
+            return None, mode
         # EADDRNOTAVAIL from bind() is about the host: port 0 (any port) is an answer too.
         host, port = _address(address, zero=code == errno.EADDRNOTAVAIL) or (None, None)
         if port is not None:
             if not host and isinstance(sock, socket.socket):
                 host = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
-            return Culprit(code, host or "0.0.0.0", port, ADDRESS_CALLS[name], how, mode)
+            return Culprit(code, host or "0.0.0.0", port, ADDRESS_CALLS[name], how, mode), mode
     if name == "listen" and isinstance(sock, socket.socket):
         host, port = _bound(sock) or (None, None)
         if port:
-            return Culprit(code, host, port, "listen", how, mode)
-    return None
+            return Culprit(code, host, port, "listen", how, mode), mode
+    return None, mode
 
 
-def _from_locals(code: int, names: dict, where: str) -> Culprit | None:
+def _from_locals(code: int, names: dict, where: str, mode: str = "plain") -> Culprit | None:
+    """An address tuple, then a bound socket among a frame's locals. A bound socket found here is
+    not the one that failed (that one is not bound): its options are the holder's, so the mode is
+    the failing socket's when the call named it, else plain."""
     items = list(names.items())
     for name, value in items:
         host, port = _address(value) or (None, None)
         if port:
-            return Culprit(code, host or "0.0.0.0", port, None, f"the local variable {name!r} at {where}")
+            return Culprit(code, host or "0.0.0.0", port, None, f"the local variable {name!r} at {where}", mode)
     for name, value in items:
-        found = _from_value(code, value, f"the socket {name!r} at {where}")
+        found = _from_value(code, value, f"the socket {name!r} at {where}", mode)
         if found:
             return found
     return None
 
 
-def _from_value(code: int, value, how: str) -> Culprit | None:
+def _from_value(code: int, value, how: str, mode: str = "plain") -> Culprit | None:
     if isinstance(value, socket.socket):
         host, port = _bound(value) or (None, None)
-        return Culprit(code, host, port, None, how, _mode(value)) if port else None
+        return Culprit(code, host, port, None, how, mode) if port else None
     port, host = getattr(value, "port", None), getattr(value, "host", None)
     if isinstance(port, int) and 0 < port < 65536 and isinstance(host, str) and type(value).__module__.startswith("addrinuse"):
-        return Culprit(code, host, port, None, how)
+        return Culprit(code, host, port, None, how, mode)
     return None
 
 
@@ -218,7 +227,8 @@ def _mode(sock: socket.socket) -> str:
 
 
 def _value(node, frame):
-    """Evaluate a literal, a name, a tuple of those, or an instance attribute: nothing that runs code."""
+    """Evaluate a literal, a name, a tuple of those, an instance attribute, or `S.getsockname()` of
+    a real socket (the kernel's answer, read by _socket's own method): no code of the test runs."""
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
@@ -235,4 +245,11 @@ def _value(node, frame):
             attrs = None
         if isinstance(attrs, dict) and node.attr in attrs:
             return attrs[node.attr]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "getsockname"
+            and not node.args and not node.keywords):
+        sock = _value(node.func.value, frame)
+        if isinstance(sock, socket.socket) and type(sock).getsockname is _socket.socket.getsockname:
+            bound = _bound(sock)
+            if bound:
+                return bound
     raise _Unknown(ast.dump(node))

@@ -3,6 +3,8 @@
 Both probe as a real server would (bind + listen, then release at once: sockets.probe), so they
 answer for the options given in `as_` (plain, reuseaddr, reuseport), and a failure says why in
 the words of `addrinuse why`: the diagnosis verdict (who holds the port, when it frees, the fix).
+A failure message says what was asserted and what happened, then the verdict; the exception's
+`.diagnosis` is the Diagnosis itself, for tests that check its facts rather than its words.
 A probe holds the port for a moment: do not probe a port another thread is about to bind."""
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ def wait_port_free(port: int, as_: str = "plain", timeout: float = DEFAULT_WAIT_
     result, waited = wait_until_bindable(host, port, MODES[as_], timeout, interval)
     if result.ok:
         return waited
+    from addrinuse.render import endpoint
+
     text, d = verdict(port, host, as_)
-    raise PortAssertion(f"{text} (still not free for {as_} after {waited:.1f} s)", d)
+    raise PortAssertion(f"{endpoint(host, port)} still not free for {as_} after {waited:.1f} s. {text}", d)
 
 
 def assert_bind_fails(port: int, errno: int = _errno.EADDRINUSE, as_: str = "plain", host: str = "127.0.0.1"):
@@ -80,5 +84,8 @@ def assert_bind_fails(port: int, errno: int = _errno.EADDRINUSE, as_: str = "pla
     seen = "succeeded" if got is None else f"failed with {_errno.errorcode.get(got, str(got))} instead"
     if got == _errno.EADDRNOTAVAIL:
         raise PortAssertion(f"{host} is not an address of this machine ({seen} of {want})")
+    from addrinuse.render import endpoint
+
     text, d = verdict(port, host, as_)
-    raise PortAssertion(f"{text} (expected bind+listen as {as_} to fail with {want}; it {seen})", d)
+    raise PortAssertion(f"expected bind+listen of {endpoint(host, port)} as {as_} to fail with {want}; it {seen}. "
+                        f"{text}", d)

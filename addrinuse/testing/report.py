@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import NamedTuple
 
 from addrinuse.render import endpoint as _endpoint
 from addrinuse.testing.culprit import Culprit
 
 SECTION = "addrinuse diagnosis"
-
-
-def frees(estimate) -> str:
-    """An estimate.Estimate in words."""
-    if estimate.kind == "now":
-        return "now (nothing holds it any more)"
-    if estimate.kind == "exact":
-        return f"in {estimate.min_s:.1f}-{estimate.max_s:.1f} s ({estimate.reason})"
-    if estimate.kind == "upper_bound":
-        return f"within {estimate.max_s:.0f} s ({estimate.reason})"
-    return f"when the holder closes it or exits ({estimate.reason})"
 
 
 def section(culprit: Culprit, servers=()) -> str:
@@ -41,28 +31,46 @@ def section(culprit: Culprit, servers=()) -> str:
     return "\n".join(head + body)
 
 
-def _verdict(text: str) -> str:
+def _verdict(text: str) -> list[str]:
+    """The verdict as `why` prints it: its own header line, the text wrapped under it."""
     from addrinuse.render import wrap
 
-    return wrap(text, "verdict: ", "  ")
+    return ["verdict:", wrap(text, "  ")]
+
+
+class _Served(NamedTuple):
+    """A server this test started, as diagnose's `records` reads it: where it listened tells which
+    end the entries it left are (the server end), even after it stopped. No pid: a holder is
+    never named after it, since `addrinuse kill NAME` cannot reach a test's in-memory server;
+    the lines below name it instead."""
+    pid: None
+    name: str
+    host: str
+    port: int
 
 
 def _in_use(c: Culprit, servers) -> list[str]:
-    from addrinuse.diagnose import diagnose, port_estimate
+    """`addrinuse why` for the port (probes, holders, when it frees), then what only the test knows
+    (its own process, its addrinuse_server servers) among the holders in the way, then the verdict."""
+    from addrinuse.diagnose import diagnose
     from addrinuse.render.diagnosis import diagnosis
 
-    d = diagnose(c.port, host=c.host, mode=c.mode)
+    d = diagnose(c.port, host=c.host, mode=c.mode, records=[_Served(None, s.name, s.host, s.port) for s in servers])
     lines = diagnosis(d).splitlines()
-    verdict = lines.pop()  # "verdict: ...": said last, after when it frees
-    if any(h.pid == os.getpid() for h in d.listeners + d.connections):
-        lines.append(f"held by this pytest process itself (pid {os.getpid()}): a socket the test or a fixture "
-                     "still has open")
-    ours = [s for s in servers if s.port == c.port]
-    for s in ours:
-        lines.append(f"this test's addrinuse_server {s.name!r}: pid {s.pid} on {_endpoint(s.host, s.port)}")
-    lines.append(f"frees: {frees(port_estimate(c.port, c.host))}")
-    lines.append(_verdict(verdict.removeprefix("verdict: ")))
-    return lines
+    at = lines.index("verdict:") if "verdict:" in lines else len(lines)
+    # Only the sockets in the way of this bind: a holder on another address of the same port
+    # number (another program's 127.0.0.2:PORT) is not what failed the test.
+    in_the_way = {o.pid for h in d.listeners + d.connections if h.conflicts for o in h.owners}
+    ours = []
+    if os.getpid() in in_the_way:
+        ours.append(f"held by this pytest process itself (pid {os.getpid()}): a socket the test or a fixture "
+                    "still has open")
+    for s in servers:
+        pids = {s.pid, s.child_pid} & in_the_way
+        if pids:
+            ours.append(f"this test's addrinuse_server {s.name!r} (pid {', '.join(map(str, sorted(pids)))}) "
+                        f"on {_endpoint(s.host, s.port)}")
+    return lines[:at] + ours + lines[at:]
 
 
 def _not_available(c: Culprit) -> list[str]:
@@ -70,39 +78,38 @@ def _not_available(c: Culprit) -> list[str]:
 
     local = probe_errno(c.host, 0)[0] != errno.EADDRNOTAVAIL
     if c.syscall == "bind" or (c.syscall is None and not local):
-        return [_verdict(f"{c.host} is not an address of this machine (or of this network namespace): "
-                         "bind 127.0.0.1, a wildcard, or an address that 'ip addr' lists")]
+        return _verdict(f"{c.host} is not an address of this machine (or of this network namespace): "
+                        "bind 127.0.0.1, a wildcard, or an address that 'ip addr' lists")
     return _ports_exhausted(c)
 
 
 def _ports_exhausted(c: Culprit) -> list[str]:
     """connect() found no free local port toward host:port (every port of the range is taken for
-    that destination: __inet_hash_connect returns -EADDRNOTAVAIL)."""
+    that destination: __inet_hash_connect returns -EADDRNOTAVAIL), counted as `why` counts it."""
     from addrinuse.conntable import get_backend
     from addrinuse.conntable.match import same_address
-    from addrinuse.diagnose import _port_range
+    from addrinuse.diagnose import explain_exhaustion
     from addrinuse.estimate import free_in
+    from addrinuse.render import wrap
+    from addrinuse.render.tables import estimate_text
 
     source = get_backend()
     try:
-        entries = [e for e in source.snapshot(c.port) if e.rport == c.port and same_address(c.host, e.raddr)]
+        entries = source.snapshot(c.port)
     finally:
         source.close()
-    low, high = _port_range() or (0, 0)
-    states: dict[str, int] = {}
-    for e in entries:
-        states[e.state] = states.get(e.state, 0) + 1
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items(), key=lambda kv: -kv[1])) or "none seen"
-    lines = [f"local ports: ip_local_port_range {low}-{high} ({high - low + 1} ports)",
-             f"connections from here to {_endpoint(c.host, c.port)}: {counts}"]
-    pids = sorted({e.pid for e in entries if e.pid})
+    x = explain_exhaustion(c.host, c.port, entries)
+    toward = [e for e in entries if e.rport == c.port and same_address(c.host, e.raddr)]
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(x.by_state.items(), key=lambda kv: -kv[1]))
+    lines = [wrap(f"local ports: ip_local_port_range {x.port_range or '?'}, {x.usable} usable; {x.used} of them "
+                  f"connected to {_endpoint(c.host, c.port)} ({counts or 'none seen'})", "", "  ")]
+    pids = sorted({o.pid for e in toward for o in e.owners})
     if pids:
-        lines.append(f"held by pid {', '.join(map(str, pids[:8]))}")
-    kernel = [e for e in entries if not e.owners and not e.inode]
+        named = [f"{p} (this pytest process itself)" if p == os.getpid() else str(p) for p in pids[:8]]
+        lines.append(f"held by pid {', '.join(named)}" + (" ..." if len(pids) > 8 else ""))
+    kernel = [e for e in toward if not e.owners and not e.inode]
     if kernel:
         soonest = min(kernel, key=lambda e: float("inf") if e.expires_in_s is None else e.expires_in_s)
-        lines.append(f"the first kernel-held one frees: {frees(free_in([soonest]))}")
-    lines.append(_verdict("every local port toward this destination is taken: close or reuse connections "
-                          "(a pool), connect from more source addresses, or widen ip_local_port_range; "
-                          "tcp_tw_reuse=1 lets connect() reuse TIME_WAIT ports (outgoing only, needs timestamps)"))
-    return lines
+        lines.append(f"the first kernel-held one frees: {estimate_text(free_in([soonest]))}")
+    return lines + _verdict(f"connect() to {_endpoint(c.host, c.port)} fails with EADDRNOTAVAIL: "
+                            f"{x.explanation()}.")

@@ -7,7 +7,6 @@ survives the stop is reported as a failure, not silently killed."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -19,13 +18,31 @@ POLL_S = 0.01
 GRACE_S = 1.0
 
 
-def new_registry(tmp_dir):
-    """In memory when this addrinuse has it (servers die with their parent, nothing on disk),
-    else an on-disk registry in the directory `tmp_dir()` returns (the test's own tmp_path)."""
-    from addrinuse import registry
+def stop_signal_name(sig) -> str:
+    """'TERM' for signal.SIGTERM, 15, 'SIGTERM' or 'TERM' (the records keep the name without SIG)."""
+    from addrinuse.errors import BadInput
+    from addrinuse.records import STOP_SIGNALS
 
-    memory = getattr(registry, "MemoryRegistry", None)
-    return memory() if memory is not None else registry.Registry(tmp_dir())
+    try:
+        name = signal.Signals(sig).name[3:] if isinstance(sig, int) else str(sig).upper().removeprefix("SIG")
+    except ValueError:
+        name = str(sig)
+    if name not in STOP_SIGNALS:
+        raise BadInput(f"stop_signal={sig!r} is not one of {', '.join(STOP_SIGNALS)}")
+    return name
+
+
+def in_main_thread() -> None:
+    """Refuse to start a server from any thread but the main one. The server is tied to the thread
+    that forks it (PR_SET_PDEATHSIG fires when the parent *thread* exits, prctl(2)), so a server
+    started from a helper thread would be SIGKILLed when that thread ends, mid-test."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        from addrinuse.errors import BadInput
+
+        raise BadInput(f"addrinuse_server was called from thread {threading.current_thread().name!r}: call it "
+                       "from the test's main thread (a server dies when the thread that started it ends)")
 
 
 @dataclass
@@ -58,19 +75,25 @@ class ServerHandle:
 
         return converse(self.host, self.port, count, timeout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0):
-        """Signal the server now; returns control.StopReport. Its spawn_child child is left running
-        (that is the case it exists for: the server is gone, the port is not); the factory ends it."""
+    def stop(self, sig=None, timeout: float = 5.0):
+        """Signal the server now (default: its stop_signal, SIGTERM unless chosen at start); returns
+        control.StopReport. Its spawn_child child is left running (that is the case it exists for:
+        the server is gone, the port is not); the factory ends it."""
         from addrinuse.control import stop_servers
 
-        return stop_servers(self.factory.registry, name=self.name, sig=sig, timeout=timeout)
+        how = None if sig is None else getattr(signal, f"SIG{stop_signal_name(sig)}")
+        return stop_servers(self.factory.registry, name=self.name, sig=how, timeout=timeout)
 
 
 class ServerFactory:
     """Call it to start a server; `finish()` at teardown stops them all and returns what survived."""
 
-    def __init__(self, registry, stop_timeout: float = 5.0):
-        self.registry = registry
+    def __init__(self, registry=None, stop_timeout: float = 5.0):
+        from addrinuse.registry import MemoryRegistry
+
+        # In memory: the servers stay tied to this process (they die with it, whatever kills it)
+        # and nothing is written to disk.
+        self.registry = registry if registry is not None else MemoryRegistry()
         self.stop_timeout = stop_timeout
         self.started: list[Started] = []
         self.handles: list[ServerHandle] = []
@@ -79,21 +102,17 @@ class ServerFactory:
                  reuseaddr: bool = False, reuseport: bool = False, linger0: bool = False,
                  v6only: bool | None = None, spawn_child: bool = False, command=None, stop_signal=None,
                  name: str | None = None) -> ServerHandle:
+        """Start a server and return once it listens. `command`: the user's own server, an argv
+        with a {port} placeholder, ready once the connection table shows it listening on host:port
+        (the socket options then are the command's own). `stop_signal`: what stop() and teardown send."""
         from addrinuse.control import start_server
         from addrinuse.server import ServerConfig
 
-        extra = {}
-        names = {f.name for f in dataclasses.fields(ServerConfig)}
-        for key, value in (("command", command), ("stop_signal", stop_signal)):
-            if value is not None:
-                if key not in names:
-                    from addrinuse.errors import BadInput
-
-                    raise BadInput(f"{key}= needs an addrinuse whose ServerConfig has '{key}': "
-                                   "use the built-in server (leave it out) or upgrade addrinuse")
-                extra[key] = tuple(value) if key == "command" else value
+        in_main_thread()
         config = ServerConfig(host=host, port=port, close=close, reuseaddr=reuseaddr, reuseport=reuseport,
-                              linger0=linger0, v6only=v6only, spawn_child=spawn_child, **extra)
+                              linger0=linger0, v6only=v6only, spawn_child=spawn_child,
+                              command=tuple(command) if command is not None else None,
+                              stop_signal=stop_signal_name(stop_signal if stop_signal is not None else "TERM"))
         record = start_server(self.registry, config, name=name)
         self._own(record.pid, f"server {record.name}")
         child_pid = None
@@ -116,7 +135,8 @@ class ServerFactory:
         to end, SIGKILL what did not, and return one line per survivor (empty: all ended)."""
         from addrinuse.control import stop_servers
 
-        stop_servers(self.registry, everything=True, sig=signal.SIGTERM, timeout=self.stop_timeout)
+        # Each with its own stop signal (SIGTERM unless the test chose one).
+        stop_servers(self.registry, everything=True, timeout=self.stop_timeout)
         # stop_servers waited for each server; what it forked may take a moment more to go.
         deadline = time.monotonic() + GRACE_S
         while True:
