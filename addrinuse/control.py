@@ -182,7 +182,11 @@ def _wait_listening(child: Launched, address: str, port: int, deadline: float, l
     import psutil
 
     from addrinuse.conntable import get_backend
-    from addrinuse.conntable.match import bound_here
+    from addrinuse.conntable.match import bound_here, same_address
+
+    def serves(e) -> bool:
+        # bound to the address asked for, or to a wildcard that covers it (http.server without --bind)
+        return bound_here(e, address, port) or (e.lport == port and same_address(e.laddr, address))
 
     source = get_backend("auto")
     try:
@@ -192,7 +196,7 @@ def _wait_listening(child: Launched, address: str, port: int, deadline: float, l
             except psutil.NoSuchProcess:
                 tree = {child.proc.pid}
             entries = source.snapshot(port, ["LISTEN"], local=True)
-            if any(bound_here(e, address, port) and any(o.pid in tree for o in e.owners) for e in entries):
+            if any(serves(e) and any(o.pid in tree for o in e.owners) for e in entries):
                 return
             if child.proc.poll() is not None:
                 raise ServerStartError(f"{argv[0]!r} exited with status {child.proc.returncode} before listening on "

@@ -32,8 +32,7 @@ class DemoResult:
     reuseaddr: ProbeResult | None = None
     control_plain: ProbeResult | None = None
     control_reuseaddr: ProbeResult | None = None
-    free_at: float | None = None
-    free_in_s: float | None = None
+    free_in: object = None  # estimate.Estimate: when the demo's port frees, and what kind of answer
 
     @property
     def reproduced(self) -> bool:
@@ -41,6 +40,7 @@ class DemoResult:
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if not isinstance(v, ProbeResult)}
+        out["free_in"] = self.free_in.to_dict() if self.free_in is not None else None
         for k in ("plain", "reuseaddr", "control_plain", "control_reuseaddr"):
             value = getattr(self, k)
             out[k] = value.to_dict() if value else None
@@ -167,15 +167,17 @@ def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda st
         *_rule(result)]))
 
     left = last_expiry(entries) if entries else 0.0
+    from addrinuse.estimate import Estimate
+
     if left is not None:  # the timers were read at seen_at; the steps since took some of it
         left, source = max(0.0, left - (time.time() - seen_at)), "by the kernel's TIME_WAIT timers (sock_diag)"
+        result.free_in = Estimate("exact", left, left + TIMER_WHEEL_SLACK_S, "TIME_WAIT timers")
     else:  # psutil has no timers: count from the moment the entries were seen
         left, source = max(0.0, seen_at + TCP_TIMEWAIT_LEN_S - time.time()), "counting 60 s from when they were seen"
-    result.free_in_s = left
+        result.free_in = Estimate("upper_bound", 0.0, left + TIMER_WHEEL_SLACK_S, "no kernel timers with this backend")
     if recording is not None:
         recording.poll()  # the end: the entries still there, their timers
-    result.free_at = time.time() + left
-    when = time.strftime("%H:%M:%S", time.localtime(result.free_at))
+    when = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
     show(DemoStep("7. when will the port be free?", [
         f"in {left:.1f} s, at {when}, {source};",
         f"TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s, and the kernel's timer wheel may add up to "

@@ -182,6 +182,15 @@ def check(args, out) -> None:
                 json.loads(line)
 
 
+@pytest.fixture(autouse=True)
+def scratch_cwd(tmp_path, monkeypatch):
+    """Path options take the fuzzer's words (`--`, `../x`, `bogus/`): whatever a command writes
+    lands under this test's tmp dir, never in the checkout. Two levels deep, so `../x` stays inside."""
+    deep = tmp_path / "cwd" / "deep"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+
+
 @seed(20261202)
 @settings(max_examples=600, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -86,6 +86,40 @@ def test_watch_is_ndjson_ending_in_a_summary(run, served):
     check_error(run("watch", "--interval", "inf", "--json"), 2)
 
 
+@pytest.mark.skipif(__import__("addrinuse.tracepoint", fromlist=["x"]).unavailable_reason() is not None,
+                    reason="the kernel tracepoint needs root and tracefs")
+def test_watch_source_trace_events(run, served):
+    """Transitions of real connections streamed from the tracepoint, then the trace summary."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from tests.helpers import wait_for
+
+    watcher = subprocess.Popen([sys.executable, "-m", "addrinuse", "watch", "--source", "trace", "--port",
+                                str(served["port"]), "--host", "127.0.0.1", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True)
+    try:
+        assert "Ctrl-C to end." in watcher.stderr.readline()  # armed: every change from here is seen
+        reader.start()
+        run("connect", served["port"], "-n", 2)
+        wait_for(lambda: any('"TIME_WAIT"' in line for line in list(lines)), 10, what="a streamed TIME_WAIT")
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(timeout=30)
+        reader.join(timeout=10)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    events = [json.loads(line) for line in lines]
+    assert events[-1]["event"] == "summary" and events[-1]["source"] == "trace"
+    for event in events:
+        validate(event, "watch")
+
+
 def test_reference_commands(run):
     validate(one_document(run("states", "--json")), "states")
     validate(one_document(run("experiment", "list", "--json")), "experiment list")

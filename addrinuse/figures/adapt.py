@@ -215,7 +215,7 @@ def demo_report(demo: dict, duration_s: float | None = None, figures: list[dict]
         {"what": "old server had SO_REUSEADDR: restart with it", "expected": "ok", "observed": c_both,
          "ok": None if c_both is None else c_both == "ok"},
     ]
-    free = demo.get("free_in_s")
+    free = (demo.get("free_in") or {}).get("min_s")
     return {"name": "demo", "passed": all(c["ok"] is not False for c in checks), "skipped": None,
             "purpose": f"Reproduce EADDRINUSE: {demo.get('clients')} clients of a server on "
                        f"{_endpoint(demo.get('host', '?'), demo.get('port', 0))} that closes first, then a restart.",
