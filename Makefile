@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Two workers: the suite is safe in parallel (kernel-picked ports, everything matched by 4-tuple);
-# tests/_schedule.py starts the one real 60 s TIME_WAIT test first so the rest runs beside it.
-PYTEST_ARGS ?= -n 2
+# Four workers on two cores: two of them spend a minute each waiting out a real TIME_WAIT (the suite
+# is safe in parallel: kernel-picked ports, everything matched by 4-tuple);
+# tests/_schedule.py starts each of them first on its own worker so the rest runs beside them.
+PYTEST_ARGS ?= -n 4
 # Debian packages the lab and the report test use, as command -> package. Installed only as root and
 # only where missing; elsewhere those tests skip with the reason.
 SYSTEM_TOOLS := nft:nftables ip:iproute2 ss:iproute2 tc:iproute2 chromium-headless-shell:chromium-headless-shell

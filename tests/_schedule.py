@@ -1,7 +1,7 @@
 """Schedule the suite's slow tests first, so they overlap everything else.
 
-One test waits out a real 60 s TIME_WAIT (test_experiments.py::test_time_wait_lifetime); the rest of
-the suite takes ~8 s on two workers. Run last or in the middle, the slow test adds its 60 s to the
+Two tests wait out a real 60 s TIME_WAIT (test_experiments.py::test_time_wait_lifetime and the
+clients-close-later bound in test_truth.py). Run last or in the middle, the slow test adds its 60 s to the
 total; started first on one worker while the other worker takes everything else, the total is about
 the slow test alone. Two parts:
 - collection order: tests named in SLOW_TESTS, or marked `slow`, come first;
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-SLOW_TESTS = ("tests/test_experiments.py::test_time_wait_lifetime",)
+SLOW_TESTS = ("tests/test_experiments.py::test_time_wait_lifetime",
+              "tests/test_truth.py::test_clients_that_close_later_free_the_port_within_the_bound_for_real")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,7 +28,29 @@ def _slow(item: pytest.Item) -> bool:
     return item.nodeid.endswith(SLOW_TESTS) or item.get_closest_marker("slow") is not None
 
 
+def chunk_starts(total: int, workers: int) -> list[int]:
+    """Where each worker's first batch begins: worksteal's first schedule hands out the pending list
+    in consecutive chunks, len(pending) // workers_left each (xdist/scheduler/worksteal.py)."""
+    starts, position, left = [], 0, total
+    for i in range(workers):
+        starts.append(position)
+        size = left // (workers - i)
+        position, left = position + size, left - size
+    return starts
+
+
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A stable partition: the slow ones first, every other test in its collected order.
-    items[:] = [i for i in items if _slow(i)] + [i for i in items if not _slow(i)]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The slow ones first, every other test in its collected order. Under xdist each slow test
+    # heads a different worker's first batch: queued one behind the other on one worker (they are
+    # stolen from the tail, never the head) they would add their minutes instead of overlapping.
+    slow, rest = [i for i in items if _slow(i)], [i for i in items if not _slow(i)]
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers < 2:
+        items[:] = slow + rest
+        return
+    starts = chunk_starts(len(items), workers)
+    ordered = list(rest)
+    for k, item in enumerate(slow):
+        ordered.insert(starts[k % workers] + k // workers, item)
+    items[:] = ordered

@@ -36,12 +36,18 @@ MAX_STEPS, MAX_EXPECT = 200, 500
 TOP_KEYS = ("name", "purpose", "explain", "states", "slow", "requires", "step", "expect")
 
 
+CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
 class ScenarioError(BadInput):
     """An invalid scenario file (exit 2): '<file>: <key>: <problem>: <fix>'."""
 
     def __init__(self, path, key: str, problem: str, fix: str):
         self.path, self.key = str(path), key
-        super().__init__(f"{path}: {key}: {problem}: {fix}")
+        # Values from the file are quoted into the message: a control character there (a newline in
+        # a string) must not break the one-line error, so it is shown escaped.
+        text = f"{path}: {key}: {problem}: {fix}"
+        super().__init__(text.translate(CONTROL))
 
 
 @dataclass
