@@ -179,16 +179,15 @@ def run_demo(registry, host: str = "127.0.0.1", clients: int = 5, show=lambda st
         recording.poll()  # the end: the entries still there, their timers
     when = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
     show(DemoStep("7. when will the port be free?", [
-        f"in {left:.1f} s, at {when}, {source};",
-        f"TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s, and the kernel's timer wheel may add up to "
-        f"{TIMER_WHEEL_SLACK_S:.1f} s", f"(`addrinuse wait {record.port}` blocks until then)"]))
+        f"in {left:.1f} s, at {when}, {source}; TIME_WAIT lasts TCP_TIMEWAIT_LEN = 60 s, and the kernel's "
+        f"timer wheel may add up to {TIMER_WHEEL_SLACK_S:.1f} s", f"(`addrinuse wait {record.port}` blocks until then)"]))
     return result
 
 
 def _rule(result: DemoResult) -> list[str]:
     alone, both = result.reuseaddr, result.control_reuseaddr
     if alone and both and not alone.ok and both.ok:
-        return ["rule on this kernel: SO_REUSEADDR passes TIME_WAIT entries only when BOTH the old server and",
+        return ["rule on this kernel: SO_REUSEADDR passes TIME_WAIT entries only when BOTH the old server and "
                 "the new one set it; the entries inherit the old listener's setting (inet_bind_conflict)."]
     if alone and alone.ok:
         return ["rule on this kernel: SO_REUSEADDR on the new socket alone gets past TIME_WAIT entries."]

@@ -25,7 +25,8 @@ def report_problems(problems) -> None:
 
 
 def ports_text(ports: list[int]) -> str:
-    return ", ".join(map(str, ports[:10])) + (f" (+{len(ports) - 10} more)" if len(ports) > 10 else "")
+    """At most a line's worth of ports (all of them are in --json)."""
+    return ", ".join(map(str, ports[:8])) + (f" (+{len(ports) - 8} more)" if len(ports) > 8 else "")
 
 
 def hold_until_interrupt(announce) -> None:
@@ -89,13 +90,17 @@ def start(ctx, host, port, reuseaddr, reuseport, close_policy, linger0, name, fo
     def announce(record):
         if as_json:
             emit(record.to_dict())
-        elif record.command:
-            click.echo(f"started {record.name} pid {record.pid} on {host}:{record.port}\n  ({' '.join(record.command)}; "
-                       f"stop signal {record.stop_signal})")
         else:
-            opts = (f"SO_REUSEADDR {'on' if record.reuseaddr else 'off'}, "
-                    f"SO_REUSEPORT {'on' if record.reuseport else 'off'}" + (", SO_LINGER 0" if record.linger0 else ""))
-            click.echo(f"started {record.name} pid {record.pid} on {host}:{record.port}\n  ({opts}, close={record.close})")
+            from addrinuse.render import fit, wrap
+
+            if record.command:
+                detail = f"({' '.join(record.command)}; stop signal {record.stop_signal})"
+            else:
+                detail = (f"(SO_REUSEADDR {'on' if record.reuseaddr else 'off'}, SO_REUSEPORT "
+                          f"{'on' if record.reuseport else 'off'}" + (", SO_LINGER 0" if record.linger0 else "")
+                          + f", close={record.close})")
+            click.echo(fit(f"started {record.name}", f"pid {record.pid} on {host}:{record.port}", indent=2))
+            click.echo(wrap(detail, "  "))
         if foreground:
             click.echo("serving in the foreground. Ctrl-C to end.", err=as_json)
 
@@ -133,8 +138,11 @@ def connect(port, host, clients, hold, allow_public, as_json):
         def announce():
             if as_json:
                 emit({"host": host, "port": port, "clients": clients, "local_ports": ports, "holding": True})
-            click.echo(f"holding {clients} connections to {host}:{port} from ports {ports_text(ports)}. Ctrl-C to end.",
-                       err=as_json)
+            if not as_json:
+                from addrinuse.render import wrap
+
+                click.echo(wrap(f"local ports {ports_text(ports)}", "", "  "))
+            click.echo(f"holding {clients} connections to {host}:{port}. Ctrl-C to end.", err=as_json)
 
         try:
             hold_until_interrupt(announce)
@@ -146,7 +154,9 @@ def connect(port, host, clients, hold, allow_public, as_json):
     if as_json:
         emit(result.to_dict())
         return
-    click.echo(f"{clients} connections to {host}:{port} from ports {ports_text(result.local_ports)}")
+    from addrinuse.render import wrap
+
+    click.echo(wrap(f"{clients} connections to {host}:{port}, local ports {ports_text(result.local_ports)}", "", "  "))
     if result.policy == "server-first":
         click.echo(f"the server closed {result.server_closed_first} of {clients} first: TIME_WAIT lands on port {port}")
     elif result.policy:
@@ -195,12 +205,15 @@ def kill(ctx, name, port, everything, sig, timeout, as_json):
                           for o in report.stopped],
               "problems": [p.reason for p in report.problems]})
     else:
+        from addrinuse.render import wrap
+
         for o in report.stopped:
             if o.exited:
-                click.echo(f"stopped {o.record.name} (pid {o.record.pid}, SIG{o.signal}) in {o.waited_s * 1000:.0f} ms")
+                click.echo(wrap(f"stopped {o.record.name} (pid {o.record.pid}, SIG{o.signal}) in "
+                                f"{o.waited_s * 1000:.0f} ms", "", "  "))
             else:
-                click.echo(f"{o.record.name} (pid {o.record.pid}) still runs {timeout:g} s after SIG{o.signal}: "
-                           f"try --signal KILL")
+                click.echo(wrap(f"{o.record.name} (pid {o.record.pid}) still runs {timeout:g} s after SIG{o.signal}: "
+                                f"try --signal KILL", "", "  "))
             entries = left[o.record.name]
             click.echo(f"  it left {len(entries)} entries on {o.record.host}:{o.record.port}" + (":" if entries else ""))
             if entries:
@@ -276,7 +289,10 @@ def demo(ctx, host, clients, report_dir, as_json):
 
     def show(step):
         if not as_json:
-            click.echo(f"{step.title}\n" + "\n".join(f"   {line}" for line in step.lines))
+            from addrinuse.render import wrap
+
+            click.echo(f"{step.title}\n" + "\n".join(f"   {line}" if len(line) <= 77 else wrap(line, "   ", "     ")
+                                                   for line in step.lines))
 
     from addrinuse.registry import MemoryRegistry
 
@@ -291,7 +307,7 @@ def demo(ctx, host, clients, report_dir, as_json):
     if as_json:
         emit(result.to_dict())
     elif result.reproduced:
-        click.echo("reproduced: EADDRINUSE with the old socket closed, caused by its TIME_WAIT entries")
+        click.echo("reproduced: EADDRINUSE with the old socket closed, caused by TIME_WAIT entries")
     else:
         click.echo("NOT reproduced: see the steps above for what this kernel did instead")
     if not result.reproduced:

@@ -97,7 +97,9 @@ def table_cmd(port, host, states, backend, as_json):
     if estimate is not None and estimate.kind != "now":
         from addrinuse.render.tables import estimate_text
 
-        click.echo(f"local port {port} frees {estimate_text(estimate)}")
+        from addrinuse.render import wrap
+
+        click.echo(wrap(f"local port {port} frees {estimate_text(estimate)}", "", "  "))
 
 
 @cli.command()
