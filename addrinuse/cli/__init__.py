@@ -3,7 +3,8 @@ and maps errors to exit codes (errors.EXIT_CODES), one module per command group:
 
   app          the group, error handling, the JSON emitter
   options      the shared options (one name per idea)
-  servers      start, connect, kill, servers, demo
+  servers      start, kill, servers
+  clients      connect, demo
   table        table, watch, states
   diagnosis    rebind, why, wait, clear
   experiments  experiment list / show / run
@@ -11,7 +12,7 @@ and maps errors to exit codes (errors.EXIT_CODES), one module per command group:
 Library modules are imported inside commands so that a command pays only for what it uses."""
 
 from addrinuse.cli.app import cli, run  # noqa: F401
-from addrinuse.cli import diagnosis, experiments, servers, table  # noqa: F401,E402  (register commands)
+from addrinuse.cli import clients, diagnosis, experiments, servers, table  # noqa: F401,E402  (register commands)
 
 
 def main() -> None:
