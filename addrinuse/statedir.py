@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from addrinuse.errors import BadInput, UnsafeStateDir
@@ -28,6 +27,8 @@ def default_state_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "addrinuse"
+    import tempfile  # here, not at the top: it pulls in shutil and friends (~3 ms at every start)
+
     return Path(tempfile.gettempdir()) / f"addrinuse-{os.geteuid()}"
 
 

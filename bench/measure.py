@@ -89,7 +89,7 @@ class Poller(NamedTuple):
     polls: int
 
 
-def watch_cpu(argv: list[str], seconds: float, env: dict | None = None) -> Poller:
+def watch_cpu(argv: list[str], seconds: float, env: dict | None = None, interval: float = 0.1) -> Poller:
     """Run `addrinuse watch ... --json --duration S` to its end: CPU used after its start line (its
     first poll done) / polls made after it, and the period it held. With --duration the last poll
     falls at exactly S (the watch clips its schedule to it), so the summary's t_s / (polls - 1)
@@ -111,7 +111,10 @@ def watch_cpu(argv: list[str], seconds: float, env: dict | None = None) -> Polle
             proc.kill()
             proc.wait()
     summary = json.loads(out.strip().splitlines()[-1])
-    polls = summary["polls"] - 1  # the first poll came before the start line
+    if "polls" in summary:
+        polls = summary["polls"] - 1  # the first poll came before the start line
+    else:  # --source trace: no polls; its CPU is spread over the periods a poller would have had
+        polls = round(seconds / interval)
     used_ms = (usage.ru_utime + usage.ru_stime) * 1000 - first / 1e6
     return Poller(used_ms / max(polls, 1), summary["t_s"] * 1000 / max(polls, 1), polls)
 
