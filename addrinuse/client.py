@@ -99,6 +99,9 @@ def _wait_eof(sock: socket.socket, deadline: float) -> bool:
             return False
 
 
+FOREIGN_EOF_S = 0.5  # how long a server that is not ours gets to close after its answer
+
+
 def converse(host: str, port: int, count: int, timeout: float = 5.0) -> ConnectResult:
     """Open COUNT connections, greet, and close each after the server's FIN when it closes first."""
     socks = open_connections(host, port, count, timeout)
@@ -116,6 +119,10 @@ def converse(host: str, port: int, count: int, timeout: float = 5.0) -> ConnectR
             if line.startswith("addrinuse close="):
                 result.policy = line.split("=", 1)[1]
             if result.policy == "server-first" and _wait_eof(sock, deadline):
+                result.server_closed_first += 1
+            elif result.policy is None and line and _wait_eof(sock, min(deadline, time.monotonic() + FOREIGN_EOF_S)):
+                # Another program's server (an HTTP server answering 400 to the greeting, say) that
+                # closes after answering: its FIN came first, so TIME_WAIT lands on its port.
                 result.server_closed_first += 1
     finally:
         close_all(socks)

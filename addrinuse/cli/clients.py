@@ -77,8 +77,11 @@ def connect(port, host, clients, hold, allow_public, as_json):
         click.echo(f"the server closed {result.server_closed_first} of {clients} first: TIME_WAIT lands on port {port}")
     elif result.policy:
         click.echo(f"the server's policy is close={result.policy}: the client closed first")
+    elif result.server_closed_first:
+        click.echo(wrap(f"the server (not an addrinuse server) closed {result.server_closed_first} of {clients} "
+                        f"first after answering: TIME_WAIT lands on port {port}", "", "  "))
     else:
-        click.echo("the server is not an addrinuse server; the client closed after its answer")
+        click.echo("the server is not an addrinuse server; the client closed first, after its answer")
 
 
 @cli.command()
