@@ -32,9 +32,17 @@ def default_state_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"addrinuse-{os.geteuid()}"
 
 
+def _ours_by_name(path: Path) -> bool:
+    """A directory named like the tool's own defaults: only then is removing or chmod-ing it a fix
+    to suggest (never for /tmp, a home, or whatever else --state-dir was pointed at)."""
+    return path.name == "addrinuse" or path.name.startswith("addrinuse-")
+
+
 def _refuse(path: Path, problem: str, fix: str | None = None):
-    raise UnsafeStateDir(str(path), problem, fix or f"remove it, or pass --state-dir (or {ENV_VAR}) "
-                                                    f"naming a directory of your own with mode 0700")
+    private = f"pass --state-dir (or {ENV_VAR}) naming a directory of your own with mode 0700"
+    if fix is None:
+        fix = f"remove it (someone else made it), or {private}" if _ours_by_name(path) else private
+    raise UnsafeStateDir(str(path), problem, fix)
 
 
 def check(path: Path, st: os.stat_result) -> None:
@@ -47,7 +55,7 @@ def check(path: Path, st: os.stat_result) -> None:
         _refuse(path, f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})")
     if st.st_mode & 0o022:
         _refuse(path, f"is writable by group or other (mode {stat.S_IMODE(st.st_mode):04o})",
-                f"chmod 700 {path}, or pass --state-dir naming a private directory")
+                f"chmod 700 {path}, or pass --state-dir naming a private directory" if _ours_by_name(path) else None)
 
 
 def open_dir(path: Path, create: bool) -> int | None:

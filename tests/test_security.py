@@ -92,13 +92,20 @@ def test_planted_default_dir_in_tmp_is_harmless(tmp_path, victim):
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
 def test_group_or_world_writable_state_dir_is_refused(mode, sub, tmp_path, victim):
-    state = private_dir(tmp_path / "open")
+    state = private_dir(tmp_path / "addrinuse-open")
     write_record(state, "evil", **victim_record(victim))
     os.chmod(state, mode)
     out = sub("--state-dir", state, "kill", "--all")
     unsafe(out, "writable by group or other")
-    assert f"chmod 700 {state}" in out.stderr
+    assert f"chmod 700 {state}" in out.stderr  # named like the tool's own dirs: fixing it is the user's call
     assert victim.poll() is None
+
+
+def test_a_shared_directory_is_refused_without_suggesting_to_chmod_it(sub):
+    """/tmp as a state dir: the fix is a private dir of one's own, never 'chmod 700 /tmp'."""
+    out = sub("--state-dir", "/tmp", "servers")
+    unsafe(out, "writable by group or other")
+    assert "chmod" not in out.stderr and "remove it" not in out.stderr and "mode 0700" in out.stderr
 
 
 def test_symlinked_state_dir_is_refused(sub, tmp_path, victim):
