@@ -12,20 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from addrinuse.cli import cli
 from tests.helpers import local, wait_client_side, wait_for, wait_local, write_record
-
-README = (Path(__file__).parent.parent / "README.md").read_text()
-COMMANDS = sorted(cli.commands)
-
-
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_has_help_with_example_and_readme_entry(name, run):
-    out = run(name, "--help")
-    assert out.exit_code == 0
-    assert "Example:" in out.stdout and f"addrinuse {name}" in out.stdout.split("Example:")[1]
-    assert f"addrinuse {name}" in README, f"README has no entry for 'addrinuse {name}'"
-
 
 def test_version(run):
     out = run("--version")
