@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 from addrinuse.conntable import snapshot
 from addrinuse.conntable.match import bound_here, same_connection
@@ -12,14 +11,12 @@ from addrinuse.conntable.match import bound_here, same_connection
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
     """Poll until predicate() is truthy; return its value or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    from addrinuse.polling import until
+
+    value = until(predicate, timeout, interval)
+    if value is None:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
 
 
 def local(port: int, state: str, host: str = "127.0.0.1") -> list:

@@ -3,7 +3,6 @@ the close's segments drawn from the tracepoint's events."""
 
 from __future__ import annotations
 
-import time
 
 from addrinuse.errors import LabError
 from addrinuse.lab.observe import Conn, Sequence
@@ -15,14 +14,12 @@ FIN = "tcp flags & fin == fin"
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.002):
     """Poll predicate until truthy; LabError naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise LabError(f"lab: timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    from addrinuse.polling import until
+
+    value = until(predicate, timeout, interval)
+    if value is None:
+        raise LabError(f"lab: timed out after {timeout} s waiting for {what}")
+    return value
 
 
 def event(lab, predicate, what: str, timeout: float = 5.0):
