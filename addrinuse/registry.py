@@ -11,7 +11,6 @@ starts with one name exactly one wins."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 from pathlib import Path
@@ -80,6 +79,8 @@ class Registry:
         finally:
             os.close(rfd)
         try:
+            import json  # here: `why` and `wait` read the registry, and most state dirs hold no record
+
             data = json.loads(raw) if len(raw) <= MAX_RECORD_BYTES else None
         except (ValueError, UnicodeDecodeError):
             data = None
@@ -126,6 +127,8 @@ class Registry:
         check_name(record.name)
         data = {"format": FORMAT, **record.to_dict()}
         validate(data, record.name)  # never write what would be refused on read
+        import json
+
         body = json.dumps(data, indent=1).encode()
         with self._opened(create=True, lock=True) as fd:
             tmp, tfd = self._new_temp(fd, record.name)
