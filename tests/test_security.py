@@ -90,6 +90,18 @@ def test_planted_default_dir_in_tmp_is_harmless(tmp_path, victim):
     assert victim.poll() is None
 
 
+@pytest.mark.parametrize("tmpdir", ["given", "missing", None])
+def test_default_dir_parent_is_the_one_tempfile_would_choose(tmpdir, tmp_path):
+    """statedir chooses TMPDIR & co. without importing tempfile (start-up cost): same answer."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP")}
+    if tmpdir:
+        env["TMPDIR"] = str(tmp_path if tmpdir == "given" else tmp_path / "missing")
+    code = "import tempfile; from addrinuse.statedir import _temp_root; print(_temp_root()); print(tempfile.gettempdir())"
+    ours, stdlib = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                  check=True, timeout=30).stdout.split()
+    assert ours == stdlib
+
+
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
 def test_group_or_world_writable_state_dir_is_refused(mode, sub, tmp_path, victim):
     state = private_dir(tmp_path / "addrinuse-open")

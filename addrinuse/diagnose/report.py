@@ -7,6 +7,7 @@ kernel's bind-conflict rules for the address, family and v6only asked for."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from addrinuse.conntable import Entry, get_backend, last_expiry
@@ -87,8 +88,6 @@ def _snapshot(port: int, backend: str) -> tuple[str, list[Entry], list[Entry]]:
 def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: str = "auto",
              records: list | None = None, v6only: bool | None = None) -> Diagnosis:
     """Why `port` on `host` cannot be bound the way `mode` binds, who holds what, when it frees."""
-    from addrinuse.client import connected_here
-
     family, address = resolve(host)
     bind = make_bind(family, address, port, v6only)
     opts = {m: o._replace(v6only=bind.v6only if bind.family == 6 else None) for m, o in MODES.items()}
@@ -102,7 +101,10 @@ def diagnose(port: int, host: str = "127.0.0.1", mode: str = "plain", backend: s
     blocking: list[Entry] = []
     roles: dict[tuple, str] = {}
     groups: dict[tuple, list[Entry]] = {}
-    connected = connected_here()
+    # the client module records the 4-tuples this process opened; not imported means none opened
+    # (and `why` is spared importing it: make bench's start-up ratio)
+    client = sys.modules.get("addrinuse.client")
+    connected = client.connected_here() if client is not None else frozenset()
     for e in mine:
         reason = not_in_the_way(bind, e)
         if reason is None:
