@@ -2,13 +2,15 @@
 
 Two tests wait out a real 60 s TIME_WAIT (test_experiments.py::test_time_wait_lifetime and the
 clients-close-later bound in test_truth.py). Run last or in the middle, the slow test adds its 60 s to the
-total; started first on one worker while the other worker takes everything else, the total is about
-the slow test alone. Two parts:
+total; started first on one worker while the others take everything else, the total is about the slow
+test alone. Three parts:
 - collection order: tests named in SLOW_TESTS, or marked `slow`, come first;
+- a slow test whose scenario tests/_headstart.py already launched at session start comes last instead:
+  it only collects that outcome, and every worker is free for the rest meanwhile;
 - with pytest-xdist, `--dist load` (what `-n N` implies) hands each worker a batch up front, so the
   tests queued behind the slow one would wait for it; `worksteal` (xdist >= 3.2) lets an idle worker
   take them. `--dist load` becomes `worksteal`; other --dist modes are left as they are.
-Hooked up from tests/conftest.py: pytest_plugins = ["tests._schedule"]."""
+Hooked up from tests/conftest.py: pytest_plugins = ["tests._headstart", "tests._schedule"]."""
 
 from __future__ import annotations
 
@@ -25,7 +27,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _slow(item: pytest.Item) -> bool:
-    return item.nodeid.endswith(SLOW_TESTS) or item.get_closest_marker("slow") is not None
+    slow = item.nodeid.endswith(SLOW_TESTS) or item.get_closest_marker("slow") is not None
+    return slow and not _started(item)
+
+
+def _started(item: pytest.Item) -> bool:
+    """Launched at session start (tests/_headstart.py): it only collects an outcome, so it goes last."""
+    from tests._headstart import launched  # a plugin: imported after pytest registers it
+
+    return launched(item.nodeid)
 
 
 def chunk_starts(total: int, workers: int) -> list[int]:
@@ -44,13 +54,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The slow ones first, every other test in its collected order. Under xdist each slow test
     # heads a different worker's first batch: queued one behind the other on one worker (they are
     # stolen from the tail, never the head) they would add their minutes instead of overlapping.
-    slow, rest = [i for i in items if _slow(i)], [i for i in items if not _slow(i)]
+    last = [i for i in items if _started(i)]
+    slow, rest = [i for i in items if _slow(i)], [i for i in items if not _slow(i) and not _started(i)]
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
     if workers < 2:
-        items[:] = slow + rest
+        items[:] = slow + rest + last
         return
     starts = chunk_starts(len(items), workers)
     ordered = list(rest)
     for k, item in enumerate(slow):
         ordered.insert(starts[k % workers] + k // workers, item)
-    items[:] = ordered
+    items[:] = ordered + last
