@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from addrinuse.lab.observe import Conn, Poller
 from addrinuse.lab.pair import Lab
-from addrinuse.lab.steps import (PURE_ACK, SYN_ACK, drop_once, event, handshake_segments, lab_info, lanes, listen,
-                                 mono, ms, new_sequence, wait)
+from addrinuse.lab.steps import (PURE_ACK, SETTLE_S, SYN_ACK, drop_once, event, handshake_segments, lab_info, lanes,
+                                 listen, mono, ms, new_sequence, wait)
 
 
 def syn_sent() -> dict:
@@ -27,7 +27,7 @@ def syn_sent() -> dict:
         conn = Conn(lab.a.addr, sock.sockname[1], lab.b.addr, port)
         est = event(lab, lambda e: e.key == conn.a_key and e.new_state == "ESTABLISHED", "A established", 4)
         b_sock = listener.accept()
-        wait(lambda: all(p.polled_after(est.mono) for p in polls), 2, "polls after the handshake")
+        wait(lambda: all(p.polled_after(est.mono) for p in polls), SETTLE_S, "polls after the handshake")
         for p in polls:
             p.stop()
         history = lab.tracer.snapshot()
@@ -74,7 +74,7 @@ def syn_received() -> dict:
         synack = event(lab, lambda e: e.kind == "retransmit_synack" and e.key == conn.b_key, "B resends SYN-ACK", 4)
         est = event(lab, lambda e: e.key == conn.b_key and e.new_state == "ESTABLISHED", "B established", 2)
         b_sock = listener.accept()
-        wait(lambda: poll_b.polled_after(est.mono), 2, "a poll after the handshake")
+        wait(lambda: poll_b.polled_after(est.mono), SETTLE_S, "a poll after the handshake")
         poll_b.stop()
         seq = new_sequence("SYN_RECV: the final ACK is lost, B resends its SYN-ACK", lab, conn)
         a, b = lanes(seq, lab, conn)

@@ -7,8 +7,8 @@ import time
 
 from addrinuse.errors import LabError, SocketCallError
 from addrinuse.lab.pair import Lab
-from addrinuse.lab.steps import (active_close_segments, handshake_segments, in_table, lab_info, lanes, listen,
-                                 new_sequence, open_connection, wait)
+from addrinuse.lab.steps import (SETTLE_S, active_close_segments, handshake_segments, in_table, lab_info, lanes,
+                                 listen, new_sequence, open_connection, wait)
 
 
 def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)) -> dict:
@@ -40,10 +40,10 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
             for _ in range(ports):
                 conn, a_sock, b_sock, _ = open_connection(lab, listener)
                 a_sock.close()
-                wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), 2, "B in CLOSE_WAIT")
+                wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), SETTLE_S, "B in CLOSE_WAIT")
                 b_sock.close()
                 before = time.monotonic()
-                wait(lambda: in_table(a, conn.a_key, "TIME_WAIT"), 2, "A in TIME_WAIT")
+                wait(lambda: in_table(a, conn.a_key, "TIME_WAIT"), SETTLE_S, "A in TIME_WAIT")
                 polled.append((before, time.monotonic()))
                 conns.append(conn)
             port = listener.sockname[1]

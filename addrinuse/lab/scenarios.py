@@ -12,7 +12,7 @@ import time
 
 from addrinuse.lab.observe import Poller
 from addrinuse.lab.pair import Lab
-from addrinuse.lab.steps import (FIN, PURE_ACK, active_close_segments, count, drop_once, event,
+from addrinuse.lab.steps import (FIN, PURE_ACK, SETTLE_S, active_close_segments, count, drop_once, event,
                                  handshake_segments, in_table, lab_info, lanes, lost_ack_segments, mono, ms,
                                  netstat_delta, new_sequence, open_connection, to_a, to_b, wait)
 
@@ -29,7 +29,7 @@ def lost_final_ack() -> dict:
         poll_a.start()
         a_sock.close()
         event(lab, lambda e: e.key == conn.a_key and e.new_state == "FIN_WAIT2", "A in FIN_WAIT2")
-        wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), 2, "B in CLOSE_WAIT")
+        wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), SETTLE_S, "B in CLOSE_WAIT")
         lab.b.nft(drop_once("final_ack_dropped", "input", f"{to_b(conn)} {PURE_ACK}")
                   + count("ack_in", "input", f"{to_b(conn)} {PURE_ACK}")
                   + count("fin_out", "output", f"{to_a(conn)} {FIN}"))
@@ -95,14 +95,14 @@ def lost_final_ack_without_time_wait(method: str = "tw_buckets") -> dict:
         else:
             a_sock.close()
         event(lab, lambda e: e.key == conn.a_key and e.new_state == "FIN_WAIT2", "A in FIN_WAIT2")
-        wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), 2, "B in CLOSE_WAIT")
+        wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), SETTLE_S, "B in CLOSE_WAIT")
         lab.b.nft(drop_once("final_ack_dropped", "input", f"{to_b(conn)} {PURE_ACK}")
                   + count("fin_out", "output", f"{to_a(conn)} {FIN}"))
         b_sock.shutdown()
         destroyed = None
         if method == "destroy":
             row = wait(lambda: next((r for r in lab.a.table(conn.b_port) if r["state"] == "TIME_WAIT"), None),
-                       1, "A's TIME_WAIT entry")
+                       SETTLE_S, "A's TIME_WAIT entry")
             destroyed, t_destroy = lab.a.destroy(row), time.monotonic()
         retx = event(lab, lambda e: e.kind == "retransmit" and e.key == conn.b_key, "B's FIN resent", 3)
         rst_in = event(lab, lambda e: e.kind == "receive_reset" and e.key == conn.b_key, "B receives RST", 3)
@@ -157,7 +157,7 @@ def simultaneous_close(rate_bytes_s: int = 1000, burst_bytes: int = 200) -> dict
         b_sock.shutdown()
         for key, side in ((conn.a_key, "A"), (conn.b_key, "B")):
             event(lab, lambda e: e.key == key and e.old_state == "CLOSING", f"{side} leaves CLOSING", 3)
-        wait(lambda: all(p.phase(k, "TIME_WAIT") for p, k in zip(polls, (conn.a_key, conn.b_key))), 2,
+        wait(lambda: all(p.phase(k, "TIME_WAIT") for p, k in zip(polls, (conn.a_key, conn.b_key))), SETTLE_S,
              "both TIME_WAIT entries polled")
         for p in polls:
             p.stop()
@@ -198,7 +198,7 @@ def time_wait_bucket_overflow() -> dict:
         poll_a.start()
         a_sock.close()
         gone = event(lab, lambda e: e.key == conn.a_key and e.old_state == "FIN_WAIT2", "A's hand-off")
-        wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), 2, "B in CLOSE_WAIT")
+        wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), SETTLE_S, "B in CLOSE_WAIT")
         b_sock.shutdown()
         rst = event(lab, lambda e: e.kind == "receive_reset" and e.key == conn.b_key, "B receives RST", 3)
         sent = lab.tracer.wait_for(lambda e: e.kind == "send_reset" and e.laddr == conn.a_addr

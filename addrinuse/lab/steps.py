@@ -10,6 +10,9 @@ from addrinuse.lab.observe import Conn, Sequence
 PURE_ACK = "tcp flags & (fin | syn | rst | ack) == ack"
 SYN_ACK = "tcp flags & (syn | ack) == syn | ack"
 FIN = "tcp flags & fin == fin"
+# How long a step waits for a state change that follows within milliseconds on a quiet machine: the
+# deadline only bounds a loaded one (measured: 2 s was too short with the suite's 4 workers on 2 cores).
+SETTLE_S = 10.0
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.002):
