@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from addrinuse.conntable import STATES
+from addrinuse.conntable import STATES, snapshot
 from addrinuse.experiments import builtin, catalogue, find, loads
 from addrinuse.experiments import run as run_experiment
 from tests import _headstart as headstart
@@ -56,6 +56,31 @@ def test_client_closes_first():
     r = results("client-closes-first")
     assert {e["rport"] for e in r["client_side"]["entries"]} == {r["srv"]["port"]}
     assert {e["lport"] for e in r["client_side"]["entries"]} == set(r["clients"]["local_ports"])
+
+
+def test_an_earlier_servers_clients_on_the_same_port_are_not_counted():
+    """The kernel gives a new server a port whose earlier clients' TIME_WAIT entries still point at it
+    (they sit on the clients' ports and never block the bind): the run counts its own by 4-tuple."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    earlier = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    accepted = [listener.accept()[0] for _ in earlier]
+    theirs = {c.getsockname()[1] for c in earlier}
+    for client in earlier:
+        client.close()  # the clients close first: TIME_WAIT on their ports, remote port = port
+    for conn in accepted:
+        conn.close()
+    listener.close()
+    wait_for(lambda: {e.lport for e in snapshot(port, ["TIME_WAIT"])
+                      if e.rport == port and e.raddr == e.laddr == "127.0.0.1"} >= theirs,
+             what="the earlier clients' TIME_WAIT entries")
+    scenario = (EXPERIMENTS / "client-closes-first.toml").read_text().replace(
+        'close = "client-first"', f'close = "client-first"\nport = {port}')
+    report = run_experiment(loads(scenario))
+    assert report.passed, [c.to_dict() for c in report.checks if c.ok is False]
+    assert report.results["srv"]["port"] == port and report.results["client_side"]["count"] == 3
 
 
 def test_linger_zero():
