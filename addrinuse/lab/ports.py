@@ -43,7 +43,16 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
                 wait(lambda: in_table(lab.b, conn.b_key, "CLOSE_WAIT"), SETTLE_S, "B in CLOSE_WAIT")
                 b_sock.close()
                 before = time.monotonic()
-                wait(lambda: in_table(a, conn.a_key, "TIME_WAIT"), SETTLE_S, "A in TIME_WAIT")
+                try:
+                    wait(lambda: in_table(a, conn.a_key, "TIME_WAIT"), SETTLE_S, "A in TIME_WAIT")
+                except LabError as err:
+                    states = [r["state"] for r in a.table(conn.a_port) if (r["laddr"], r["lport"], r["raddr"],
+                                                                         r["rport"]) == conn.a_key]
+                    traced = [f"{e.kind}:{e.old_state}>{e.new_state}" if e.kind == "state" else e.kind
+                              for e in (lab.tracer.history if lab.tracer else ()) if e.key in (conn.a_key, conn.b_key)]
+                    raise LabError(f"{err} (A's entry: {states or 'none'}; B's: "
+                                   f"{[r['state'] for r in lab.b.table(conn.b_port) if r['rport'] == conn.a_port]}; "
+                                   f"traced: {' '.join(traced) or 'nothing'})") from None
                 polled.append((before, time.monotonic()))
                 conns.append(conn)
             port = listener.sockname[1]
