@@ -360,14 +360,14 @@ def test_cached_owners_follow_a_socket_handed_to_a_child(tmp_path):
     port = listener.getsockname()[1]
     child = None
     try:
-        (first,) = backend.snapshot(port, ["LISTEN"])
+        (first,) = ours(backend.snapshot(port, ["LISTEN"]))
         assert [o.pid for o in first.owners] == [os.getpid()]
         child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
                                  pass_fds=[listener.fileno()])
         listener.close()
-        (second,) = backend.snapshot(port, ["LISTEN"])
+        (second,) = ours(backend.snapshot(port, ["LISTEN"]))
         assert [o.pid for o in second.owners] == [child.pid]
-        (third,) = backend.snapshot(port, ["LISTEN"])  # from the cache, still checked
+        (third,) = ours(backend.snapshot(port, ["LISTEN"]))  # from the cache, still checked
         assert third.owners == second.owners
     finally:
         listener.close()
