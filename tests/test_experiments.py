@@ -76,11 +76,12 @@ def test_an_earlier_servers_clients_on_the_same_port_are_not_counted():
     wait_for(lambda: {e.lport for e in snapshot(port, ["TIME_WAIT"])
                       if e.rport == port and e.raddr == e.laddr == "127.0.0.1"} >= theirs,
              what="the earlier clients' TIME_WAIT entries")
-    scenario = (EXPERIMENTS / "client-closes-first.toml").read_text().replace(
-        'close = "client-first"', f'close = "client-first"\nport = {port}')
-    report = run_experiment(loads(scenario))
-    assert report.passed, [c.to_dict() for c in report.checks if c.ok is False]
-    assert report.results["srv"]["port"] == port and report.results["client_side"]["count"] == 3
+    for name, step, count in (("client-closes-first", "client_side", 3), ("no-connections", "left", 0)):
+        scenario = (EXPERIMENTS / f"{name}.toml").read_text().replace(
+            'id = "srv"\ndo = "server"\n', f'id = "srv"\ndo = "server"\nport = {port}\n')
+        report = run_experiment(loads(scenario))
+        assert report.passed, (name, [c.to_dict() for c in report.checks if c.ok is False])
+        assert report.results["srv"]["port"] == port and report.results[step]["count"] == count
 
 
 def test_linger_zero():

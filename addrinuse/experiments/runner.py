@@ -48,8 +48,8 @@ class Runner:
         self.servers: dict = {}
         self.results: dict[str, dict] = {}
         self.ended: dict[str, float] = {}
-        # (host, port) -> the local ports of the connections this run opened to it (connect steps)
-        self.clients: dict[tuple[str, int], set[int]] = {}
+        # server port -> the client ports of the connections this run opened to it (connect steps)
+        self.clients: dict[int, set[int]] = {}
         self.step = ""
         self._deferred: list[Callable[[], None]] = []
         self._wait_began = 0.0
@@ -82,23 +82,23 @@ class Runner:
 
     def connected(self, host: str, port: int, local_ports) -> None:
         """Connections this run opened to host:port, by their client ports: entries() counts those."""
-        self.clients.setdefault((host, port), set()).update(local_ports)
+        self.clients.setdefault(port, set()).update(local_ports)
 
     def entries(self, port: int, states=(), side: str = "local", host: str = "127.0.0.1") -> list:
         """Connection-table entries of ours on `port`: side "local" = bound to host:port (a server's
         side), "remote" = connected to host:port (its clients' side), "any" = both. Matched by
-        address and port, never by port number alone; and where this run opened connections to
-        host:port, a connected entry must be one of them by its 4-tuple: the kernel may hand a new
-        server a port whose earlier clients' TIME_WAIT entries still point at it (they sit on the
-        clients' ports, so they never blocked the bind). Their states count as observed."""
+        address and port, never by port number alone; a connected entry must also be one this run
+        opened (connect steps), by its 4-tuple: the kernel may hand a new server a port whose
+        earlier clients' TIME_WAIT entries still point at it (they sit on the clients' ports, so
+        they never blocked the bind). Their states count as observed."""
         from addrinuse.conntable import snapshot
         from addrinuse.conntable.match import bound_here, same_address
 
-        found, ours = [], self.clients.get((host, port))
+        found, ours = [], self.clients.get(port, set())
         for e in snapshot(port, list(states) or None, self.backend, local=(side == "local")):
             here = bound_here(e, host, port)
             there = e.rport == port and same_address(host, e.raddr) if e.raddr != "*" else False
-            if ours is not None and e.raddr != "*" and (e.rport if here else e.lport) not in ours:
+            if e.raddr != "*" and (e.rport if here else e.lport) not in ours:
                 continue  # connected to host:port, but not by a connection of this run
             if (side == "local" and here) or (side == "remote" and there) or (side == "any" and (here or there)):
                 found.append(e)
