@@ -50,9 +50,11 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
                                                                          r["rport"]) == conn.a_key]
                     traced = [f"{e.kind}:{e.old_state}>{e.new_state}" if e.kind == "state" else e.kind
                               for e in (lab.tracer.history if lab.tracer else ()) if e.key in (conn.a_key, conn.b_key)]
+                    counters = {k: v for k, v in a.netstat()["TcpExt"].items()
+                                if v and (k.startswith(("TW", "TCPTimeWait", "TCPAbort")) or k == "TCPMemoryPressures")}
                     raise LabError(f"{err} (A's entry: {states or 'none'}; B's: "
                                    f"{[r['state'] for r in lab.b.table(conn.b_port) if r['rport'] == conn.a_port]}; "
-                                   f"traced: {' '.join(traced) or 'nothing'})") from None
+                                   f"traced: {' '.join(traced) or 'nothing'}; A's TcpExt: {counters})") from None
                 polled.append((before, time.monotonic()))
                 conns.append(conn)
             port = listener.sockname[1]
