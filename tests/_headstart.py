@@ -28,11 +28,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
 import pytest
+
+from addrinuse.polling import until
+from tests.helpers import dead
 
 HEADSTART_ENV = "ADDRINUSE_TEST_HEADSTART"
 DIR_ENV = "ADDRINUSE_TEST_HEADSTART_DIR"
@@ -125,27 +127,18 @@ def outcome(nodeid: str, timeout: float = 150.0):
         return getattr(importlib.import_module(module), function)()
     where, slug = Path(os.environ[DIR_ENV]), _slug(nodeid)
     pid = int((where / f"{slug}.pid").read_text())
-    result, deadline = where / f"{slug}.result", time.monotonic() + timeout
-    while not result.exists():
-        if _dead(pid) and not result.exists():
-            raise AssertionError(f"the head-start process {pid} of {nodeid} ended without a result")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no result from the head-start process {pid} of {nodeid} after {timeout} s")
-        time.sleep(0.1)  # polling a file another process writes, under a deadline
+    result = where / f"{slug}.result"
+    # The file is renamed into place before the process exits: checked again once it is dead.
+    if not until(lambda: result.exists() or dead(pid), timeout, 0.1):
+        raise AssertionError(f"no result from the head-start process {pid} of {nodeid} after {timeout} s")
+    if not result.exists():
+        raise AssertionError(f"the head-start process {pid} of {nodeid} ended without a result")
     kind, value = pickle.loads(result.read_bytes())
     if kind == "skip":
         pytest.skip(value)
     if kind == "error":
         raise AssertionError(f"in the head-start process of {nodeid}:\n{value}")
     return value
-
-
-def _dead(pid: int) -> bool:
-    """A zombie is dead: /proc/PID/stat's state, not kill(pid, 0)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 def _main(where: str, nodeid: str, parent: int) -> int:

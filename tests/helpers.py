@@ -19,6 +19,16 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01, what: str 
     return value
 
 
+def dead(pid: int) -> bool:
+    """A zombie is dead: /proc/PID/stat's state field, not kill(pid, 0)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def local(port: int, state: str, host: str = "127.0.0.1") -> list:
     """Entries in `state` whose local address:port is host:port (a server's side). The port alone is
     not enough: other programs' connections between other addresses reuse the same port numbers

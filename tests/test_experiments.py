@@ -18,7 +18,7 @@ from addrinuse.conntable import STATES, snapshot
 from addrinuse.experiments import builtin, catalogue, find, loads
 from addrinuse.experiments import run as run_experiment
 from tests import _headstart as headstart
-from tests.helpers import wait_for
+from tests.helpers import dead, wait_for
 from tests.test_lab_experiments import TESTED as LAB_TESTED
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -137,14 +137,6 @@ def test_time_wait_lifetime():
     assert 60.0 <= r["lifetime_s"] <= 62.5 and r["ok"] is True and r["gap_s"] < 0.5
 
 
-def _gone(pid: int) -> bool:
-    """A zombie is dead: /proc/PID/stat's state field, not kill(pid, 0)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def test_http_server_restart():
     """python3 -m http.server, killed for real after serving, restarted for real on the same port."""
     r = results("http-server-restart")
@@ -152,7 +144,7 @@ def test_http_server_restart():
     assert r["clients"]["server_closed_first"] == 3 and r["clients"]["bytes_received"] > 0
     assert r["stop"]["signal"] == "INT" and r["stop"]["exited"]
     assert r["restart"]["port"] == r["web"]["port"] and r["restart"]["pid"] != r["web"]["pid"]
-    assert _gone(r["web"]["pid"]) and _gone(r["restart"]["pid"])  # the run stopped what it started
+    assert dead(r["web"]["pid"]) and dead(r["restart"]["pid"])  # the run stopped what it started
 
 
 def test_socketserver_restart():
@@ -301,7 +293,7 @@ def test_a_killed_runner_leaves_no_server_and_no_file(tmp_path):
     only and die with it (PR_SET_PDEATHSIG), and it made no temp dir."""
     before = set(os.listdir(tempfile.gettempdir()))
     server, _ = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\n\n')
-    wait_for(lambda: _gone(server), 10, what=f"the built-in server {server} to die with its runner")
+    wait_for(lambda: dead(server), 10, what=f"the built-in server {server} to die with its runner")
     made = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("addrinuse")}
     assert made == set()
 
@@ -311,7 +303,7 @@ def test_the_users_server_dies_with_a_killed_runner(tmp_path):
     (A command server only: the runner makes no temp dir that SIGKILL could leave.)"""
     pid, _ = _killed_runner(tmp_path / "hang.toml", '[[step]]\nid = "srv"\ndo = "server"\ncommand = ["python3", '
                             '"-m", "http.server", "{port}", "--bind", "127.0.0.1"]\n\n')
-    wait_for(lambda: _gone(pid), 10, what=f"the user's server {pid} to die with its runner")
+    wait_for(lambda: dead(pid), 10, what=f"the user's server {pid} to die with its runner")
 
 
 def test_a_step_error_fails_that_experiment_and_the_run_goes_on(tmp_path):
