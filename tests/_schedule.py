@@ -27,15 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _slow(item: pytest.Item) -> bool:
-    slow = item.nodeid.endswith(SLOW_TESTS) or item.get_closest_marker("slow") is not None
-    return slow and not _started(item)
-
-
-def _started(item: pytest.Item) -> bool:
-    """Launched at session start (tests/_headstart.py): it only collects an outcome, so it goes last."""
-    from tests._headstart import launched  # a plugin: imported after pytest registers it
-
-    return launched(item.nodeid)
+    return item.nodeid.endswith(SLOW_TESTS) or item.get_closest_marker("slow") is not None
 
 
 def chunk_starts(total: int, workers: int) -> list[int]:
@@ -54,8 +46,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The slow ones first, every other test in its collected order. Under xdist each slow test
     # heads a different worker's first batch: queued one behind the other on one worker (they are
     # stolen from the tail, never the head) they would add their minutes instead of overlapping.
-    last = [i for i in items if _started(i)]
-    slow, rest = [i for i in items if _slow(i)], [i for i in items if not _slow(i) and not _started(i)]
+    from tests._headstart import launched  # a plugin: imported after pytest registers it
+
+    # Launched at session start (tests/_headstart.py): such a test only collects an outcome, so it goes last.
+    last = [i for i in items if launched(i.nodeid)]
+    others = [i for i in items if i not in last]
+    slow, rest = [i for i in others if _slow(i)], [i for i in others if not _slow(i)]
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
     if workers < 2:
         items[:] = slow + rest + last

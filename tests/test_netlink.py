@@ -336,7 +336,7 @@ def test_host_filter_in_the_kernel_agrees_with_same_address(netlink):
             dual = plain_listener("::", socket.AF_INET6, v6only=False)
             opened.append(dual)
             server_first_cycles(dual, 2)
-        ports = {s.getsockname()[1] for s in opened}
+        ports, mine = {s.getsockname()[1] for s in opened}, OURS | {"127.0.0.2"}
         everything = netlink.snapshot()
         for host in ("127.0.0.1", "127.0.0.2", "0.0.0.0", "::", "::1", "::ffff:127.0.0.1"):
             want = {e.key for e in everything
@@ -344,7 +344,6 @@ def test_host_filter_in_the_kernel_agrees_with_same_address(netlink):
             got = {e.key for e in netlink.snapshot(host=host)}
             # Entries come and go between the two reads on a busy machine: compare ours only, by
             # address and port (the busy machine's TIME_WAIT between 127.0.0.4 and .5 reuses port numbers).
-            mine = OURS | {"127.0.0.2"}
             ours = {k for k in want | got if k[1] in mine and k[3] in mine and ports & {k[2], k[4]}}
             assert got & ours == want & ours, host
         assert {e.laddr for e in netlink.snapshot(port, local=True, host="127.0.0.2")} == {"127.0.0.2"}
