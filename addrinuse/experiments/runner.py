@@ -34,8 +34,7 @@ class Runner:
     servers       {step id: handle} of servers (stop(sig, timeout) -> dict); stopped at the end
     results       {step id: result dict} of the steps so far; `ended[step id]` its monotonic end
     step          the id of the step running now
-    port(ref), value(ref), result(ref), entries(...), connected(host, port, local_ports), defer(fn),
-    progress(text)
+    port(ref), value(ref), result(ref), entries(...), connected(port, local_ports), defer(fn), progress(text)
     """
 
     def __init__(self, scenario: Scenario, backend: str = "auto", on_step: Callable | None = None,
@@ -80,8 +79,8 @@ class Runner:
         sid, _, key = ref[1:].partition(".")
         return self.results[sid].get(key or "port")
 
-    def connected(self, host: str, port: int, local_ports) -> None:
-        """Connections this run opened to host:port, by their client ports: entries() counts those."""
+    def connected(self, port: int, local_ports) -> None:
+        """Connections this run opened to a server's port, by their client ports: entries() counts those."""
         self.clients.setdefault(port, set()).update(local_ports)
 
     def entries(self, port: int, states=(), side: str = "local", host: str = "127.0.0.1") -> list:

@@ -145,11 +145,11 @@ def connect(ctx, p: dict) -> dict:
             talk = converse(host, port, p["count"], p["timeout"])
         except AddrinuseError as err:
             return {"ok": False, "message": str(err), "count": 0}
-        ctx.connected(host, port, talk.local_ports)
+        ctx.connected(port, talk.local_ports)
         return {"ok": True, "count": talk.count, "server_closed_first": talk.server_closed_first,
                 "local_ports": talk.local_ports, "policy": talk.policy}
     result = _send_and_read(host, port, p["count"], p["send"].encode(), p["timeout"])
-    ctx.connected(host, port, result.get("local_ports", ()))
+    ctx.connected(port, result.get("local_ports", ()))
     return result
 
 
