@@ -8,7 +8,7 @@ import time
 from addrinuse.errors import LabError, SocketCallError
 from addrinuse.lab.pair import Lab
 from addrinuse.lab.steps import (SETTLE_S, active_close_segments, handshake_segments, in_table, lab_info, lanes,
-                                 listen, new_sequence, open_connection, wait)
+                                 listen, new_sequence, open_connection, states_of, wait)
 
 
 def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)) -> dict:
@@ -53,18 +53,7 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
                 try:
                     wait(lambda: in_table(a, conn.a_key, "TIME_WAIT"), SETTLE_S, "A in TIME_WAIT")
                 except LabError as err:
-                    states = [r["state"] for r in a.table(conn.a_port) if (r["laddr"], r["lport"], r["raddr"],
-                                                                         r["rport"]) == conn.a_key]
-                    traced = [f"{e.kind}:{e.old_state}>{e.new_state}" if e.kind == "state" else e.kind
-                              for e in (lab.tracer.history if lab.tracer else ()) if e.key in (conn.a_key, conn.b_key)]
-                    counters = {k: v for k, v in a.netstat()["TcpExt"].items()
-                                if v and (k.startswith(("TW", "TCPTimeWait", "TCPAbort")) or k == "TCPMemoryPressures")}
-                    b_net = lab.b.netstat()
-                    counters["B"] = {k: b_net["TcpExt"].get(k) for k in ("TCPLossProbes", "TCPLostRetransmit")}
-                    counters["B"].update(OutRsts=b_net["Tcp"].get("OutRsts"), RetransSegs=b_net["Tcp"].get("RetransSegs"))
-                    raise LabError(f"{err} (A's entry: {states or 'none'}; B's: "
-                                   f"{[r['state'] for r in lab.b.table(conn.b_port) if r['rport'] == conn.a_port]}; "
-                                   f"traced: {' '.join(traced) or 'nothing'}; A's TcpExt: {counters})") from None
+                    raise LabError(f"{err} ({_evidence(lab, conn)})") from None
                 polled.append((before, time.monotonic()))
                 conns.append(conn)
             port = listener.sockname[1]
@@ -110,6 +99,19 @@ def client_port_exhaustion(ports: int = 10, reuse_delays_ms: tuple = (None, 100)
         return {"experiment": "client-port-exhaustion", "lab": lab_info(lab), "ports": ports,
                 "port_range": [low, low + ports - 1], "rounds": rounds,
                 "first_connection": list(first.a_key), "last_connection": list(last.a_key), **seq.result()}
+
+
+def _evidence(lab, conn) -> str:
+    """What both ends' tables, the tracepoint and the counters say when A's TIME_WAIT never showed."""
+    traced = [f"{e.kind}:{e.old_state}>{e.new_state}" if e.kind == "state" else e.kind
+              for e in (lab.tracer.history if lab.tracer else ()) if e.key in (conn.a_key, conn.b_key)]
+    a_ext, b_net = lab.a.netstat()["TcpExt"], lab.b.netstat()
+    counters = {k: v for k, v in a_ext.items()
+                if v and (k.startswith(("TW", "TCPTimeWait", "TCPAbort")) or k == "TCPMemoryPressures")}
+    counters["B"] = {k: b_net["TcpExt"].get(k) for k in ("TCPLossProbes", "TCPLostRetransmit")}
+    counters["B"].update(OutRsts=b_net["Tcp"].get("OutRsts"), RetransSegs=b_net["Tcp"].get("RetransSegs"))
+    return (f"A's entry: {states_of(lab.a, conn.a_key) or 'none'}; B's: {states_of(lab.b, conn.b_key) or 'none'}; "
+            f"traced: {' '.join(traced) or 'nothing'}; counters: {counters}")
 
 
 def _attempt(end, action) -> dict | None:

@@ -32,9 +32,13 @@ def event(lab, predicate, what: str, timeout: float = 5.0):
     return found
 
 
+def states_of(end, key: tuple, port: int = 0) -> list[str]:
+    """The states of the entries with this 4-tuple in an end's table."""
+    return [r["state"] for r in end.table(port or key[1]) if (r["laddr"], r["lport"], r["raddr"], r["rport"]) == key]
+
+
 def in_table(end, key: tuple, state: str, port: int = 0) -> bool:
-    return any((r["laddr"], r["lport"], r["raddr"], r["rport"]) == key and r["state"] == state
-               for r in end.table(port or key[1]))
+    return state in states_of(end, key, port)
 
 
 def listen(lab):
