@@ -10,7 +10,7 @@ The steps are held long enough for a poller to see each state it can:
 The server's side is orphaned (closed by the application) when its FIN is ACKed in step 2, so the
 kernel hands it to a timewait socket right then (FIN_WAIT2 -> CLOSE in the tracepoint), still in
 substate FIN_WAIT2; its TIME_WAIT begins only at the client's FIN in step 3, `hold` seconds later
-(addrinuse.tracepoint.lane builds the lanes; sock_diag shows the substate as FIN_WAIT2).
+(addrinuse.tracelane.lane builds the lanes; sock_diag shows the substate as FIN_WAIT2).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def run_close_sequence(hold: float = 0.3, interval: float = 0.005, backend: str 
         "trace": None, "trace_unavailable": reason,
     }
     if trace is not None:
-        from addrinuse.tracepoint import lane
+        from addrinuse.tracelane import lane
 
         active = [e for e in trace if (e.lport, e.rport) == (port, client_port)]
         passive = [e for e in trace if (e.lport, e.rport) == (client_port, port)]
@@ -151,7 +151,7 @@ def _steps(states: list[dict], t0: float) -> list[dict]:
 def lane_order(result: dict, end: str, source: str) -> list[str]:
     """The states one end went through, in order, by the poller or the tracepoint. A poller lane
     ends with 'gone' when its entry vanished; in the trace, a socket that closed for good
-    (CLOSED) is 'gone' too. TIME_WAIT in the trace starts at the peer's FIN (tracepoint.lane)."""
+    (CLOSED) is 'gone' too. TIME_WAIT in the trace starts at the peer's FIN (tracelane.lane)."""
     if source == "poll":
         return [s["state"] for s in result["poll"][end]]
     steps = (result["trace"] or {}).get(end, [])

@@ -3,7 +3,7 @@
 
 The tracepoint sock:inet_sock_set_state reports the full socket's states, and two of its raw
 changes are not what the connection does (net/ipv4/tcp_minisocks.c tcp_time_wait(),
-net/ipv4/tcp_input.c; addrinuse.tracepoint.lane makes the same corrections for a finished run):
+net/ipv4/tcp_input.c; addrinuse.tracelane.lane makes the same corrections for a finished run):
 - X -> CLOSE from FIN_WAIT2 or CLOSING is the hand-off to a timewait socket. From CLOSING, and from
   FIN_WAIT2 once the peer's FIN has arrived, it is the start of TIME_WAIT (reported here as
   X -> TIME_WAIT). From FIN_WAIT2 before the peer's FIN (an orphaned socket whose FIN was ACKed) it

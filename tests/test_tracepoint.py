@@ -17,7 +17,8 @@ import pytest
 from addrinuse import tracepoint
 from addrinuse.closeseq import run_close_sequence
 from addrinuse.tracefs import remove_stale, start_time
-from addrinuse.tracepoint import Tracer, lane
+from addrinuse.tracelane import lane
+from addrinuse.tracepoint import Tracer
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(tracepoint.unavailable_reason() is not None,

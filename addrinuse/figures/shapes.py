@@ -10,7 +10,7 @@ from addrinuse.errors import FigureInputError
 
 SEGMENT_KINDS = ("normal", "retransmit", "lost", "rst")
 # Where a state's time comes from: the kernel tracepoint; inferred from the other end's tracepoint
-# events (TIME_WAIT's start emits no event: addrinuse.tracepoint.lane); a poll of the table.
+# events (TIME_WAIT's start emits no event: addrinuse.tracelane.lane); a poll of the table.
 STATE_SOURCES = ("trace", "inferred", "poll")
 
 

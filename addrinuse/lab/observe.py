@@ -6,7 +6,7 @@
 - Sequence: the two-lane record {"title", "ends", "states", "segments"} plus states_seen. States
   come from the tracepoint (source "trace"), from polls ("poll": t_s is the last poll before it
   was seen, t_max_s the first poll that saw it) or from the peer's events ("inferred": the start of
-  TIME_WAIT, which no event marks - see addrinuse.tracepoint.lane).
+  TIME_WAIT, which no event marks - see addrinuse.tracelane.lane).
 - Conn: one connection's two 4-tuples, and its events picked out of the tracer's history."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from addrinuse.tracepoint import TraceEvent, lane
+from addrinuse.tracelane import lane
+from addrinuse.tracepoint import TraceEvent
 
 SEGMENT_KINDS = ("normal", "retransmit", "lost", "rst")
 
