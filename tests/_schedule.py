@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import pytest
 
-SLOW_TESTS = ("tests/test_experiments.py::test_time_wait_lifetime",
-              "tests/test_truth.py::test_clients_that_close_later_free_the_port_within_the_bound_for_real")
+from tests._headstart import SCENARIOS, launched  # registered before this plugin (conftest's order)
+
+SLOW_TESTS = tuple(SCENARIOS)  # the 60 s ones, named once, where their head start is
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,8 +47,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The slow ones first, every other test in its collected order. Under xdist each slow test
     # heads a different worker's first batch: queued one behind the other on one worker (they are
     # stolen from the tail, never the head) they would add their minutes instead of overlapping.
-    from tests._headstart import launched  # a plugin: imported after pytest registers it
-
     # Launched at session start (tests/_headstart.py): such a test only collects an outcome, so it goes last.
     last = [i for i in items if launched(i.nodeid)]
     others = [i for i in items if i not in last]
